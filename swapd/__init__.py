@@ -1,0 +1,1 @@
+"""swapd package (see README.md)."""

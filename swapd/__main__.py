@@ -1,0 +1,5 @@
+import sys
+
+from swapd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Invariant guarded: the package boundaries of DEVELOPERS.md / shared/STYLE.md.
+
+* vmcore's model modules import no backing store (no vnodefs, swapd, fuse/mfusepy);
+  only the wiring layer (vmcore.lab, vmcore.cli, vmcore.experiment*) may import all three.
+* vnodefs and swapd never import each other, and reach into vmcore only through its pager
+  interface and public helpers, never its model internals.
+* no import cycles between the three packages.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("vmcore", "vnodefs", "swapd")
+WIRING = {"vmcore.lab", "vmcore.cli", "vmcore.__main__"}
+WIRING_PREFIXES = ("vmcore.experiment", "vmcore.lab_")
+# what vnodefs / swapd may use of vmcore
+VMCORE_PUBLIC = {"vmcore", "vmcore.pager", "vmcore.errors", "vmcore.testing", "vmcore.clock",
+                 "vmcore.workingset", "vmcore.stats", "vmcore.types", "vmcore.profile"}
+BACKING = {"fuse", "mfusepy", "fusepy"}
+
+
+def modules():
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            name = ".".join(rel.parts)
+            if name.endswith(".__init__"):
+                name = name[: -len(".__init__")]
+            yield name, path
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def is_wiring(name: str) -> bool:
+    return name in WIRING or name.startswith(WIRING_PREFIXES)
+
+
+@pytest.mark.parametrize("name,path", list(modules()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_module_boundaries(name, path):
+    pkg = name.split(".")[0]
+    for imp in imports_of(path):
+        top = imp.split(".")[0]
+        if pkg == "vmcore" and not is_wiring(name):
+            assert top not in ("vnodefs", "swapd") and top not in BACKING, \
+                f"{name} (a model module) imports {imp}; only the wiring layer may"
+        if pkg in ("vnodefs", "swapd"):
+            other = "swapd" if pkg == "vnodefs" else "vnodefs"
+            assert top != other, f"{name} imports {imp}: {pkg} and {other} must stay independent"
+            if top == "vmcore":
+                mod = imp if imp in VMCORE_PUBLIC else imp.rsplit(".", 1)[0]
+                assert mod in VMCORE_PUBLIC, f"{name} reaches into vmcore internals: {imp}"
+        if pkg == "swapd":
+            assert top not in BACKING, f"{name} imports FUSE ({imp}); swapd needs no FUSE"

@@ -1,0 +1,32 @@
+"""vmcore: a runnable model of the Mach / Mac OS X virtual memory system with real bytes in real
+page frames (seeds in ../shared/seeds, XNU numbers in ../shared/reference/xnu.md).
+
+Public surface: Kernel, the error classes, and the pager interface (vmcore.pager). `Kernel` is
+resolved lazily (PEP 562) so that backing-store packages can import vmcore.pager without pulling
+in the wiring layer.
+"""
+
+from vmcore.errors import (  # noqa: F401
+    ContractViolation,
+    InvalidAddress,
+    InvalidArgument,
+    NoSpace,
+    PagerIOError,
+    ProtectionFailure,
+    ResourceShortage,
+    VMError,
+)
+from vmcore.pager import Pager, PagerKind, PagerResult  # noqa: F401
+
+__all__ = [
+    "Kernel", "VMError", "InvalidAddress", "ProtectionFailure", "NoSpace", "InvalidArgument",
+    "ResourceShortage", "PagerIOError", "ContractViolation", "Pager", "PagerKind", "PagerResult",
+]
+
+
+def __getattr__(name: str):
+    if name == "Kernel":
+        from vmcore.lab import Kernel
+
+        return Kernel
+    raise AttributeError(f"module 'vmcore' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""vnodefs package (see README.md)."""
