@@ -1,0 +1,342 @@
+"""Reference page-replacement policies (lru, fifo, clock) for comparison with Mach's own queues.
+
+Owns: `POLICIES`, `make_policy(name, nframes)`, the `ReplacementPolicy` base class and its three
+reference subclasses `LRUPolicy`, `FIFOPolicy`, `ClockPolicy`, and `simulate()`, a plain cache
+simulator over any of them (used by benchmarks and tests, and as the yardstick the kernel's miss
+counts must equal).
+
+Theory of operation (mechanism / policy split, as cachetools' `popitem` hook and libCacheSim's
+`to_evict` vs `evict`): the kernel owns the page frames and does every eviction itself (pageout,
+pmap removal, free queue); a policy only *chooses*. The kernel tells the policy what happened to
+each frame and asks it for one victim when it needs a frame and none is free:
+
+    inserted(frame)       frame now holds a newly faulted-in page; that access is its first.
+    referenced(frames)    hits, in access order, as ONE numpy array (vectorised: no Python per hit).
+    removed(frame)        frame freed for another reason (deallocate, wire, terminate).
+    select_victim()       choose the frame to evict AND stop tracking it; the kernel then pages
+                          the page out and frees the frame.
+
+`mach` is not a policy object: it is the model's own active / inactive queues with reference bits
+(vmcore.pageout); `make_policy("mach", n)` returns None to say so.
+
+Definitions (issue 3 item 10):
+  lru    evicts the least recently accessed page (an insertion counts as an access).
+  fifo   evicts the page resident longest, regardless of hits.
+  clock  second-chance FIFO: a page brought in starts with its reference bit clear, a hit sets it;
+         to evict, look at the oldest page: if its bit is set, clear it and move it to the newest
+         position, else evict it.
+
+Invariants: a frame is tracked from `inserted` until `select_victim` returns it or `removed` is
+called; `select_victim` only ever returns a tracked frame; `len(policy)` is the number of tracked
+frames and never exceeds `nframes`.
+
+Implementation: per-frame numpy arrays (LRU: last-access stamp; clock: reference bit), so
+`referenced` is one or two numpy calls per batch (fifo: none); the insertion generation of each
+frame (-1 when untracked) is a plain list, read one frame at a time on the eviction path. LRU keeps a lazily cleaned binary heap of `stamp << 32 | frame` keys: hits do not touch
+the heap; a popped key whose stamp is stale is pushed again with the frame's current stamp, which
+keeps each frame with one live key and `select_victim` at O(log n) amortised. FIFO and clock keep
+a deque of `generation << 32 | frame` keys; keys of removed frames are skipped when they surface.
+
+Caveats:
+  * `referenced` ignores frames that are not tracked (e.g. hits on wired pages, which the kernel
+    removed from the policy when it wired them), and `removed` of an untracked frame is a no-op,
+    so the kernel need not filter. `inserted` of a frame already tracked is a ContractViolation.
+  * LRU duplicates within one `referenced` batch: the last occurrence wins (np.maximum.at over
+    increasing stamps; never numpy's unspecified fancy-assignment order).
+  * clock rotation is O(number of set bits passed over); every bit cleared was set by a hit, so
+    this is amortised O(1) per hit, but one eviction may rotate many frames.
+  * Frames are ints in [0, nframes) with nframes < 2**32.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+import numpy as np
+
+from vmcore.errors import ContractViolation, InvalidArgument, ResourceShortage
+
+POLICIES = ("mach", "lru", "fifo", "clock")
+
+_SHIFT = 32
+_MASK = (1 << _SHIFT) - 1
+
+
+class ReplacementPolicy:
+    """Base class: the bookkeeping every reference policy shares (which frames are tracked).
+
+    Subclasses implement `referenced` and the hooks `_on_insert`, `_on_removed` and `_pick`."""
+
+    name: str = "?"
+
+    def __init__(self, nframes: int):
+        if not isinstance(nframes, (int, np.integer)) or isinstance(nframes, bool) or nframes < 1:
+            raise InvalidArgument(f"replacement policy needs a positive number of frames, got {nframes!r}")
+        if nframes >= 1 << _SHIFT:
+            raise InvalidArgument(f"replacement policy supports at most {(1 << _SHIFT) - 1} frames")
+        self.nframes = int(nframes)
+        #: insertion generation of each frame, -1 when the frame is not tracked (a list: the
+        #: per-eviction paths read it one frame at a time, which is cheaper than numpy scalars)
+        self._gen: list[int] = [-1] * self.nframes
+        self._next_gen = 0
+        self._count = 0
+
+    # ---- the contract ---------------------------------------------------------------------------
+    def inserted(self, frame: int) -> None:
+        """`frame` now holds a newly faulted-in page; that access counts as its first."""
+        frame = int(frame)
+        if not 0 <= frame < self.nframes:
+            raise ContractViolation(f"{self.name}: inserted frame {frame} outside 0..{self.nframes - 1}")
+        if self._gen[frame] >= 0:
+            raise ContractViolation(f"{self.name}: frame {frame} inserted twice without eviction or removal")
+        gen = self._next_gen
+        self._next_gen = gen + 1
+        self._gen[frame] = gen
+        self._count += 1
+        self._on_insert(frame, gen)
+
+    def referenced(self, frames: np.ndarray) -> None:
+        """Hits on `frames`, in access order, as one numpy integer array (untracked frames are
+        ignored). Vectorised: a handful of numpy calls per batch, never Python per hit."""
+        raise NotImplementedError
+
+    def removed(self, frame: int) -> None:
+        """`frame` was freed for a reason other than eviction; stop tracking it (no-op if untracked)."""
+        frame = int(frame)
+        if 0 <= frame < self.nframes and self._gen[frame] >= 0:
+            self._gen[frame] = -1
+            self._count -= 1
+            self._on_removed(frame)
+
+    def select_victim(self) -> int:
+        """Choose the frame to evict and stop tracking it; the kernel then pages it out and frees it."""
+        if self._count == 0:
+            raise ResourceShortage(f"{self.name}: no evictable frame (every page is wired or none is resident)")
+        frame = self._pick()
+        self._gen[frame] = -1
+        self._count -= 1
+        return frame
+
+    # ---- introspection ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def tracks(self, frame: int) -> bool:
+        return 0 <= frame < self.nframes and self._gen[frame] >= 0
+
+    def tracked_frames(self) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self._gen, dtype=np.int64) >= 0)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self._count}/{self.nframes} frames>"
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def _on_insert(self, frame: int, gen: int) -> None:
+        raise NotImplementedError
+
+    def _on_removed(self, frame: int) -> None:
+        """Called after the frame's generation was reset; lazy structures skip it later."""
+
+    def _pick(self) -> int:
+        """Return the victim; the caller then marks it untracked."""
+        raise NotImplementedError
+
+    def _compact_keys(self, keys) -> list[int]:
+        """The keys `gen << 32 | frame` of `keys` whose frame is still tracked with that generation."""
+        gen = self._gen
+        return [k for k in keys if gen[k & _MASK] == k >> _SHIFT]
+
+
+class LRUPolicy(ReplacementPolicy):
+    """Least recently used: a last-access stamp per frame and a lazily cleaned heap of stamps."""
+
+    name = "lru"
+
+    def __init__(self, nframes: int):
+        super().__init__(nframes)
+        #: last-access stamp per frame (meaningful only while the frame is tracked)
+        self._stamp = np.zeros(self.nframes, dtype=np.int64)
+        self._clock = 0  # next stamp
+        self._heap: list[int] = []
+
+    def _on_insert(self, frame: int, gen: int) -> None:
+        stamp = self._clock
+        self._clock = stamp + 1
+        self._stamp[frame] = stamp
+        if len(self._heap) > 2 * self._count + 64:
+            self._rebuild()  # too many keys of removed frames: compact (this pushes the new frame too)
+        else:
+            heapq.heappush(self._heap, (stamp << _SHIFT) | frame)
+
+    def referenced(self, frames: np.ndarray) -> None:
+        n = len(frames)
+        if n == 0:
+            return
+        base = self._clock
+        self._clock = base + n
+        if n == 1:
+            self._stamp[frames] = base
+        else:
+            # duplicates: the last occurrence carries the largest stamp; maximum.at is order-free.
+            # Untracked frames get a stamp too; it is never read (_pick checks the generation and
+            # `inserted` overwrites it).
+            np.maximum.at(self._stamp, frames, np.arange(base, base + n, dtype=np.int64))
+
+    def _rebuild(self) -> None:
+        frames = self.tracked_frames()
+        keys = (self._stamp[frames] << _SHIFT) | frames
+        keys.sort()  # a sorted list is a heap
+        self._heap = keys.tolist()
+
+    def _pick(self) -> int:
+        heap = self._heap
+        stamp_of = self._stamp
+        gen = self._gen
+        while True:
+            key = heap[0]
+            frame = key & _MASK
+            if gen[frame] < 0:  # removed (or evicted) since the key was pushed: drop it
+                heapq.heappop(heap)
+                continue
+            cur = int(stamp_of[frame])
+            stamp = key >> _SHIFT
+            if cur == stamp:
+                heapq.heappop(heap)
+                return frame
+            if cur > stamp:  # hit since the key was pushed: re-key it with its current stamp
+                heapq.heapreplace(heap, (cur << _SHIFT) | frame)
+            else:  # a key from an earlier residency of this frame (cannot be older than its own)
+                heapq.heappop(heap)
+
+
+class FIFOPolicy(ReplacementPolicy):
+    """First in, first out: a deque of insertion keys; hits change nothing."""
+
+    name = "fifo"
+
+    def __init__(self, nframes: int):
+        super().__init__(nframes)
+        self._queue: deque[int] = deque()
+
+    def _on_insert(self, frame: int, gen: int) -> None:
+        if len(self._queue) > 2 * self._count + 64:
+            self._queue = deque(self._compact_keys(self._queue))
+        self._queue.append((gen << _SHIFT) | frame)
+
+    def referenced(self, frames: np.ndarray) -> None:
+        pass  # fifo ignores hits
+
+    def _pick(self) -> int:
+        queue = self._queue
+        gen = self._gen
+        while True:
+            key = queue.popleft()
+            frame = key & _MASK
+            if gen[frame] == key >> _SHIFT:
+                return frame
+
+
+class ClockPolicy(ReplacementPolicy):
+    """Second-chance FIFO: a reference bit per frame, set by hits, cleared on the way round."""
+
+    name = "clock"
+
+    def __init__(self, nframes: int):
+        super().__init__(nframes)
+        self._bit = np.zeros(self.nframes, dtype=np.bool_)
+        self._ring: deque[int] = deque()
+
+    def _on_insert(self, frame: int, gen: int) -> None:
+        self._bit[frame] = False  # a page brought in starts with its bit clear
+        if len(self._ring) > 2 * self._count + 64:
+            self._ring = deque(self._compact_keys(self._ring))
+        self._ring.append((gen << _SHIFT) | frame)
+
+    def referenced(self, frames: np.ndarray) -> None:
+        # untracked frames get their bit set too; harmless, `inserted` clears it
+        self._bit[frames] = True
+
+    def _pick(self) -> int:
+        ring = self._ring
+        gen = self._gen
+        bit = self._bit
+        while True:
+            key = ring.popleft()
+            frame = key & _MASK
+            if gen[frame] != key >> _SHIFT:
+                continue  # removed since
+            if bit[frame]:
+                bit[frame] = False
+                ring.append(key)  # second chance: to the newest position
+                continue
+            return frame
+
+
+_CLASSES = {"lru": LRUPolicy, "fifo": FIFOPolicy, "clock": ClockPolicy}
+
+
+def make_policy(name: str, nframes: int) -> ReplacementPolicy | None:
+    """The policy object for `name`, or None for "mach" (the model's own active/inactive queues)."""
+    if name == "mach":
+        return None
+    cls = _CLASSES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise InvalidArgument(f"unknown replacement policy {name!r} (valid: {', '.join(POLICIES)})")
+    return cls(nframes)
+
+
+def simulate(policy: str | ReplacementPolicy, pages: np.ndarray, nframes: int | None = None,
+             *, window: int = 64) -> int:
+    """Run a plain cache of `nframes` pages over the page-number sequence `pages` with a reference
+    policy and return the number of misses (the first access to a page is a miss).
+
+    The driver is the same shape as the kernel's batch access path: hits are found with numpy in
+    growing look-ahead windows and handed to `referenced` as one array; each miss takes a free
+    frame or asks the policy for a victim. Pages are any non-negative integers."""
+    pages = np.asarray(pages, dtype=np.int64)
+    if isinstance(policy, str):
+        if nframes is None:
+            raise InvalidArgument("simulate(name, pages) needs nframes")
+        pol = make_policy(policy, nframes)
+        if pol is None:
+            raise InvalidArgument("simulate() runs the reference policies only (lru, fifo, clock), not mach")
+    else:
+        pol = policy
+    nframes = pol.nframes
+    if pages.size == 0:
+        return 0
+    if pages.min() < 0:
+        raise InvalidArgument("simulate(): page numbers must be non-negative")
+    # dense page ids so the page -> frame table is a flat array
+    uniq, dense = np.unique(pages, return_inverse=True)
+    frame_of = np.full(uniq.size, -1, dtype=np.int64)
+    page_in = np.full(nframes, -1, dtype=np.int64)
+    free = list(range(nframes - 1, -1, -1))
+    misses = 0
+    i, n, w = 0, dense.size, window
+    while i < n:
+        seg = dense[i:i + w]
+        fr = frame_of[seg]
+        miss_at = np.flatnonzero(fr < 0)
+        if miss_at.size == 0:
+            pol.referenced(fr)
+            i += seg.size
+            w = min(w * 2, 1 << 16)
+            continue
+        j = int(miss_at[0])
+        if j:
+            pol.referenced(fr[:j])
+        p = int(seg[j])
+        if free:
+            f = free.pop()
+        else:
+            f = pol.select_victim()
+            frame_of[page_in[f]] = -1
+        frame_of[p] = f
+        page_in[f] = p
+        pol.inserted(f)
+        misses += 1
+        i += j + 1
+        w = max(window, 2 * j)
+    return misses
