@@ -1,0 +1,377 @@
+"""Page faults (vm_fault.c): resolve one access that missed the pmap.
+
+Owns: `vm_fault(kernel, task, addr, write)` and its helpers: the map lookup (through submaps), the
+protection check, resolving needs_copy with a shadow object, the walk down the shadow chain, the
+pagein through the object's pager (one UPL and one pager request per cluster), zero-fill, the
+copy-on-write copy-up, entering the translation in the pmap, deactivate-behind, the counters and the
+fault event.
+
+Kinds (each counted, seed 001 "Paging Virtual Memory In", xnu.md 4.3):
+  soft       the page is resident in some object of the chain: map it (an inactive page is
+             reactivated, "Pages reactivated"); the first touch of a page that came in by
+             clustering counts as a pagein
+  hard       the pager had the page: "Pageins"
+  zero fill  no object in the chain has it: a zero page in the top object ("Pages zero filled")
+  cow        a write found the page in a backing object: copy it up ("Pages copy-on-write")
+Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or the pager says
+BAD), ProtectionFailure (access not allowed by the entry), PagerIOError (pager ERROR),
+ResourceShortage (no frame could be freed).
+
+Pagein clustering (mach policy only, xnu.md 1.4 path B / 5.2): grow forward then backward up to
+256 KB, never bridging a resident page or a page the pager is known not to have, within the map
+entry; the first `pre_heat` pages are added blindly (vnode objects in a task's first 45 s of model
+time: 8/4/2 pages by file size), further pages only when the kernel's working-set hook says this
+task touched them (issue 5). RANDOM behaviour disables clustering. Reference policies never cluster.
+Deactivate-behind follows 5.2 (sequential / rseqntl / default runs of 256).
+
+Caveats: the frame found for a copy-up or a pagein is held busy while frames are grabbed, so the
+pageout scan cannot steal it; a reference policy that picks a busy frame is handed it back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vmcore.errors import InvalidAddress, PagerIOError, ProtectionFailure
+from vmcore.pager import PagerKind, PagerResult
+from vmcore.resident import INACTIVE
+from vmcore.types import (
+    TWS_MAX_CLUSTER_BYTES, VM_DEFAULT_BEHIND, VM_PROT_READ, VM_PROT_WRITE, Behavior, FaultEvent,
+    FaultKind, prot_str,
+)
+from vmcore.upl import UPL, UPL_RET_ONLY_ABSENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vmcore.kernel import Kernel
+
+#: model time per fault when the kernel owns its clock (a hard fault adds a disk access)
+FAULT_TICK_S = 10e-6
+HARD_FAULT_TICK_S = 1e-3
+#: the launch window of TWS (xnu.md 1.1): blind read-ahead for file objects only while younger
+LAUNCH_WINDOW_S = 45.0
+
+
+def resolve_entry(task, addr: int, write: bool):
+    """Map lookup + protection check. Returns (top entry, object entry, slot, entry slot, prot)."""
+    e = task.map.lookup(addr)
+    if e is None:
+        raise InvalidAddress(f"address {addr:#x} is not mapped in task {task.name!r}")
+    shift = task.kernel.page_shift
+    slot = (addr - e.start) >> shift
+    prot = e.protection
+    oe, eslot = e, slot
+    if e.is_submap:
+        saddr = e.offset + (addr - e.start)
+        oe = e.object.lookup(saddr)
+        if oe is None:
+            raise InvalidAddress(
+                f"address {addr:#x} (offset {saddr:#x} in submap {e.object.name!r}) is not mapped")
+        prot &= oe.protection
+        eslot = (saddr - oe.start) >> shift
+    need = VM_PROT_WRITE if write else VM_PROT_READ
+    if not prot & need:
+        raise ProtectionFailure(
+            f"{'write' if write else 'read'} at {addr:#x} in task {task.name!r}: region "
+            f"{e.start:#x}-{e.end:#x} allows {prot_str(prot)}")
+    return e, oe, slot, eslot, prot
+
+
+def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
+    """Resolve a fault at addr; return the frame now mapped there."""
+    e, oe, slot, eslot, prot = resolve_entry(task, addr, write)
+    stats = k.stats
+    stats.faults += 1
+    if k._owns_clock:
+        k.clock._now += FAULT_TICK_S
+    pm = k.pm
+    shift = k.page_shift
+    if oe.needs_copy and write:
+        k.entry_resolve_needs_copy(oe)
+    top = oe.object
+    pidx = (oe.offset >> shift) + eslot
+    # ---- walk the shadow chain ----
+    obj = top
+    p = pidx
+    level = 0
+    kind = FaultKind.SOFT
+    f = top.pages.get(pidx)
+    if f is None:
+        window_lo = pidx  # the entry's window in the current object's page space
+        while True:
+            f = obj.pages.get(p)
+            if f is not None:
+                break
+            if p in obj.error_pages:
+                raise PagerIOError(f"page at offset {p << shift:#x} of object {obj.id} had an I/O error")
+            if obj.pager is not None and obj.pager_may_have(p):
+                f = _pagein(k, task, oe, obj, p, window_lo - eslot, window_lo - eslot + oe.npages, addr)
+                if f is not None:
+                    kind = FaultKind.HARD
+                    break
+            nxt = obj.shadow
+            if nxt is None:
+                break
+            p += obj.shadow_offset
+            window_lo += obj.shadow_offset
+            obj = nxt
+            level += 1
+    if f is None:
+        # zero fill, in the top object
+        f = k.page_grab()
+        pm.frames[f] = 0
+        k.page_insert(top, pidx, f)
+        if k.policy is not None:
+            k.policy_insert(f)
+        obj, p, level = top, pidx, 0
+        kind = FaultKind.ZERO_FILL
+        stats.zero_fill += 1
+    elif kind is FaultKind.SOFT:
+        stats.soft_faults += 1
+        if pm.clustered[f]:
+            pm.clustered[f] = False
+            stats.pageins += 1
+        if pm.queue[f] == INACTIVE:
+            pm.activate(f)
+            stats.reactivations += 1
+        if k.policy is not None and k.tracked[f]:
+            k.policy_hit(f)
+    if write and level > 0:
+        f = _copy_up(k, oe, e, slot, top, pidx, f)
+        obj, p, level = top, pidx, 0
+        stats.cow_faults += 1
+        kind_out = FaultKind.COW
+    else:
+        kind_out = kind
+    if write:
+        pm.dirty[f] = True
+    pm.referenced[f] = True
+    writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and top.copy is None
+    k.pmap_enter(e, slot, f, writable)
+    sink = k._sink
+    if sink is not None:
+        base, boff = obj, p
+        while base.shadow is not None:
+            boff += base.shadow_offset
+            base = base.shadow
+        sink(FaultEvent(task, obj.id, p << shift, kind_out, addr & ~(k.page_size - 1), write,
+                        base.id, boff << shift))
+    if k.policy is None:
+        _deactivate_behind(k, e, slot)
+    return f
+
+
+def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
+    """COW: copy frame src (a backing object's page) into a new page of top at pidx."""
+    pm = k.pm
+    was_busy = pm.busy[src]
+    pm.busy[src] = True
+    try:
+        nf = k.page_grab()
+    finally:
+        pm.busy[src] = was_busy
+    pm.frames[nf] = pm.frames[src]
+    k.page_insert(top, pidx, nf)
+    if k.policy is not None:
+        k.policy_insert(nf)
+    # nobody may keep a translation of the backing page where the new page now shows (entries
+    # sharing this object, or a submap, would read stale data): remove them all; other sharers of
+    # the backing page soft-fault it back in
+    k.pmap_disconnect(src)
+    if e.wired_count and e.wired_frames is not None and e.wired_frames[slot] == src:
+        for _ in range(e.wired_count):
+            k.frame_wire(nf)
+            k.frame_unwire(src)
+        e.wired_frames[slot] = nf
+    if len(top.pages) == top.npages and top.shadow is not None:
+        k.collapse(top)
+    return nf
+
+
+def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tuple[int, int]:
+    """tws_build_cluster path B: the [lo, hi) page range of obj to request around page p."""
+    if k.policy is not None or task is None or oe.behavior == Behavior.RANDOM:
+        return p, p + 1
+    ps = k.page_size
+    max_pages = max(1, TWS_MAX_CLUSTER_BYTES // ps)
+    lo_lim = max(lo_lim, 0)
+    hi_lim = min(hi_lim, obj.npages) if obj.internal else hi_lim
+    psize = obj.pager.size() if obj.pager is not None else None
+    if psize is not None:
+        hi_lim = min(hi_lim, (psize + ps - 1) // ps - obj.paging_offset)
+    pre_heat = 0
+    if not obj.internal and obj.pager is not None and obj.pager.kind == PagerKind.VNODE:
+        age = k.clock.now() - task.created_at
+        if age < LAUNCH_WINDOW_S and k.working_set is None:
+            fsize = psize if psize is not None else obj.size
+            pre_heat = 8 if fsize > (1 << 20) else 4 if fsize > (128 << 10) else 2
+    ws = k.working_set
+    # frames we may use without waking the pageout daemon
+    spare = len(k.pm.free) - k.free_min - 1
+    budget = min(max_pages - 1, spare)
+    if budget <= 0:
+        return p, p + 1
+    pages = obj.pages
+    added = 0
+
+    def wanted(q: int) -> bool:
+        if added < pre_heat:
+            return True
+        if ws is None:
+            return False
+        return ws.contains(task, obj, q) or ws.contains(task, obj, q + (1 if q > p else -1))
+
+    hi = p + 1
+    while added < budget and hi < hi_lim and hi not in pages and obj.pager_may_have(hi) \
+            and wanted(hi):
+        hi += 1
+        added += 1
+    lo = p
+    while added < budget and lo - 1 >= lo_lim and (lo - 1) not in pages \
+            and obj.pager_may_have(lo - 1) and wanted(lo - 1):
+        lo -= 1
+        added += 1
+    return lo, hi
+
+
+def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: int) -> int | None:
+    """Ask obj's pager for page p (and a cluster around it). Returns the frame or None (ABSENT)."""
+    lo, hi = _cluster(k, task, oe, obj, p, lo_lim, hi_lim)
+    stats = k.stats
+    upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift, UPL_RET_ONLY_ABSENT,
+              _grab_exempt=True)
+    try:
+        bufs = upl.buffers()
+        stats.pagein_requests += 1
+        res = obj.pager_request(lo, bufs)
+    except BaseException:
+        upl.abort()
+        raise
+    me = p - lo
+    f = None
+    err = None
+    for i, r in enumerate(res):
+        if r == PagerResult.OK:
+            fr = upl.frame_at(i)
+            if i == me:
+                upl.commit_range(i << k.page_shift, k.page_size)
+                f = fr
+            else:
+                upl.commit_range(i << k.page_shift, k.page_size, _speculative=True)
+                stats.cluster_pageins += 1
+        else:
+            upl.abort_range(i << k.page_shift, k.page_size)
+            if i == me:
+                err = r
+    upl.close()
+    who = f"task {task.name!r}" if task is not None else "the kernel"
+    if f is not None:
+        stats.hard_faults += 1
+        stats.pageins += 1
+        if k._owns_clock:
+            k.clock._now += HARD_FAULT_TICK_S
+        if k.policy is not None:
+            k.policy_insert(f)
+        return f
+    if err == PagerResult.BAD:
+        raise InvalidAddress(
+            f"address {addr:#x} in {who}: the pager of object {obj.id} has no page at "
+            f"offset {(p + obj.paging_offset) << k.page_shift:#x} (past the end of what it backs)")
+    if err == PagerResult.ERROR:
+        why = obj.pager.last_error or "pager reported an I/O error"
+        raise PagerIOError(f"pagein at {addr:#x} in {who}: {why}")
+    if obj.internal:
+        obj.existence.discard(p)
+    return None
+
+
+def _deactivate_behind(k: "Kernel", e, slot: int) -> None:
+    """vm_fault_deactivate_behind (xnu.md 5.2)."""
+    b = e.behavior
+    last = e.last_slot
+    e.last_slot = slot
+    target = -1
+    if b == Behavior.RANDOM:
+        e.run = 0
+        return
+    if b == Behavior.SEQUENTIAL:
+        if slot == last + 1:
+            target = slot - 1
+    elif b == Behavior.RSEQNTL:
+        if slot == last - 1:
+            target = slot + 1
+    else:
+        if slot == last + 1:
+            e.run = e.run + 1 if e.run >= 0 else 1
+            if e.run >= VM_DEFAULT_BEHIND:
+                target = slot - VM_DEFAULT_BEHIND
+        elif slot == last - 1:
+            e.run = e.run - 1 if e.run <= 0 else -1
+            if -e.run >= VM_DEFAULT_BEHIND:
+                target = slot + VM_DEFAULT_BEHIND
+        else:
+            e.run = 0
+    if 0 <= target < len(e.pmap):
+        f = int(e.pmap[target])
+        if f >= 0 and k.pm.wire_count[f] == 0 and not k.pm.busy[f] and k.pm.queue[f] != INACTIVE:
+            k.pm.deactivate(f)
+            k.stats.deactivate_behind += 1
+
+
+def object_page_find(k: "Kernel", obj, p: int) -> int | None:
+    """The frame holding the page visible at index p of obj (walking the chain, paging in from a
+    pager without clustering); None when no object has it (it reads as zeros)."""
+    while obj is not None:
+        f = obj.pages.get(p)
+        if f is not None:
+            return f
+        if p in obj.error_pages:
+            raise PagerIOError(f"page at offset {p << k.page_shift:#x} of object {obj.id} had an I/O error")
+        if obj.pager is not None and obj.pager_may_have(p):
+            f = _pagein(k, None, None, obj, p, p, p + 1, p << k.page_shift)
+            if f is not None:
+                return f
+        p += obj.shadow_offset
+        obj = obj.shadow
+    return None
+
+
+def object_copy_slowly(k: "Kernel", src, first: int, npages: int):
+    """vm_object_copy_slowly: a new object holding a copy of src[first:first+npages] now."""
+    new = k.object_create(npages * k.page_size, internal=True)
+    cands: set[int] = set()
+    base = first
+    obj = src
+    while obj is not None:
+        for p in obj.pages:
+            if base <= p < base + npages:
+                cands.add(p - base)
+        if obj.pager is not None:
+            if obj.internal:
+                cands.update(p - base for p in obj.existence if base <= p < base + npages)
+            else:
+                cands.update(range(npages))
+        base += obj.shadow_offset
+        obj = obj.shadow
+    pm = k.pm
+    try:
+        for q in sorted(cands):
+            f = object_page_find(k, src, first + q)
+            if f is None:
+                continue
+            was = pm.busy[f]
+            pm.busy[f] = True
+            try:
+                nf = k.page_grab()
+            finally:
+                pm.busy[f] = was
+            pm.frames[nf] = pm.frames[f]
+            k.page_insert(new, q, nf)
+            pm.dirty[nf] = True
+            if k.policy is not None:
+                k.policy_insert(nf)
+    except BaseException:
+        from vmcore.object import object_deallocate
+
+        object_deallocate(k, new)
+        raise
+    return new

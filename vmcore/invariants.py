@@ -1,0 +1,179 @@
+"""Cross-module consistency checks: `check(kernel)` raises AssertionError naming the first breach.
+
+Checks:
+  queues      every frame is on exactly one of free / active / inactive / wired and queue[f] says
+              which; the queue lengths add up to the number of frames; free frames hold nothing;
+              wired frames (and only they) have wire_count > 0; no frame is busy or absent outside
+              an open UPL
+  objects     every resident page's frame points back to it (owner, pidx); every live object is
+              registered, reachable (from a map entry, a named entry, or as a shadow) and has
+              ref_count == its counted references; shadowers sets match shadow pointers; no
+              object shadows a dead object ("no orphaned shadows"); an anonymous object with
+              shadowers is only mapped needs_copy (copy-on-write is never bypassed)
+  pmaps       every translation (entry slot -> frame) is in the frame's pv list and vice versa; the
+              frame holds the page the entry would see at that slot (the first resident page down
+              its shadow chain); a writable translation maps a page of the entry's own object
+  wiring      entries' wired frames are resident and wired; a frame's wire_count is at least the
+              sum of the wired entries holding it
+  policy      under a reference policy, tracked frames are exactly the resident unwired pages
+  UPLs        none is open (unless allow_open_upls)
+Slow (Python over every frame and entry): for tests, not for hot paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vmcore.resident import ACTIVE, FREE, INACTIVE, WIRED
+
+
+def check(kernel, allow_open_upls: bool = False) -> None:
+    k = kernel
+    pm = k.pm
+    n = k.nframes
+    # ---- queues -----------------------------------------------------------------------------
+    free = pm.free
+    assert len(set(free)) == len(free), "a frame is on the free queue twice"
+    seen = np.zeros(n, dtype=np.int8)
+    for name, q, code in (("free", free, FREE), ("active", pm.active, ACTIVE),
+                          ("inactive", pm.inactive, INACTIVE), ("wired", pm.wired, WIRED)):
+        for f in q:
+            assert seen[f] == 0, f"frame {f} is on the {name} queue and another"
+            seen[f] = 1
+            assert pm.queue[f] == code, f"frame {f} on the {name} queue but queue[f]={pm.queue[f]}"
+    assert len(free) + len(pm.active) + len(pm.inactive) + len(pm.wired) == n, \
+        f"queues hold {len(free)}+{len(pm.active)}+{len(pm.inactive)}+{len(pm.wired)} != {n} frames"
+    for f in free:
+        assert pm.owner[f] is None and pm.pv[f] is None and pm.wire_count[f] == 0, \
+            f"free frame {f} still has an owner, mappings or wirings"
+    assert (pm.wire_count[pm.queue != WIRED] == 0).all(), "a frame off the wired queue is wired"
+    assert (pm.wire_count[pm.queue == WIRED] > 0).all(), "a frame on the wired queue has wire_count 0"
+    assert k.nwired == len(pm.wired), f"kernel.nwired {k.nwired} != wired queue {len(pm.wired)}"
+    if not allow_open_upls:
+        assert not k.upls, f"{len(k.upls)} UPL(s) left open"
+        assert not pm.busy.any(), f"frames {np.flatnonzero(pm.busy)[:8]} busy with no open UPL"
+        assert not pm.absent.any(), "absent placeholder pages with no open UPL"
+
+    # ---- objects ----------------------------------------------------------------------------
+    live = dict(k.objects)
+    refs: dict[int, int] = {i: 0 for i in live}
+    entries = []
+    maps = [t.map for t in k.tasks.values()] + list(k.submaps)
+    for m in maps:
+        prev_end = None
+        for e in m.entries:
+            assert e.start < e.end and e.start % k.page_size == 0 and e.end % k.page_size == 0, \
+                f"entry {e} is empty or unaligned"
+            assert prev_end is None or e.start >= prev_end, f"entries overlap at {e.start:#x}"
+            prev_end = e.end
+            assert e.map is m, f"entry {e} belongs to another map"
+            entries.append(e)
+            if e.is_submap:
+                assert e in e.object.parents, f"submap entry {e} not in its submap's parents"
+                continue
+            obj = e.object
+            assert obj.alive, f"entry {e} maps dead object {obj.id}"
+            assert obj.id in live, f"entry {e} maps unregistered object {obj.id}"
+            refs[obj.id] += 1
+            assert e.offset % k.page_size == 0, f"entry {e} has an unaligned offset"
+            if obj.internal:
+                assert (e.offset >> k.page_shift) + e.npages <= obj.npages, \
+                    f"entry {e} runs past the end of object {obj.id} ({obj.npages} pages)"
+            if obj.shadowers and obj.internal:
+                assert e.needs_copy, \
+                    f"entry {e} maps shadowed object {obj.id} without needs_copy (COW bypassed)"
+    for ne in k.named_entries:
+        if not ne.is_submap:
+            assert ne.object.alive, f"named entry {ne} holds dead object"
+            refs[ne.object.id] += 1
+    for obj in live.values():
+        assert obj.alive, f"registered object {obj.id} is dead"
+        if obj.shadow is not None:
+            assert obj.shadow.alive, f"object {obj.id} shadows dead object {obj.shadow.id} (orphan)"
+            assert obj.shadow.id in live, f"object {obj.id} shadows unregistered {obj.shadow.id}"
+            assert obj in obj.shadow.shadowers, f"object {obj.id} missing from its shadow's shadowers"
+            refs[obj.shadow.id] += 1
+        for s in obj.shadowers:
+            assert s.shadow is obj, f"object {s.id} in {obj.id}.shadowers but shadows something else"
+        for p, f in obj.pages.items():
+            assert pm.owner[f] is obj and pm.pidx[f] == p and pm.obj_id[f] == obj.id, \
+                f"object {obj.id} page {p} -> frame {f}, which says owner {pm.obj_id[f]} pidx {pm.pidx[f]}"
+            assert pm.queue[f] != FREE, f"object {obj.id} page {p} is on free frame {f}"
+    for oid, obj in live.items():
+        assert obj.ref_count == refs[oid], \
+            f"object {oid} ref_count {obj.ref_count} != {refs[oid]} references found"
+        assert obj.ref_count > 0, f"object {oid} is registered with no references (orphan)"
+    for f in range(n):
+        o = pm.owner[f]
+        if o is not None:
+            assert o.alive and o.pages.get(int(pm.pidx[f])) == f, \
+                f"frame {f} claims page {pm.pidx[f]} of object {o.id}, which does not list it"
+    # ---- pmaps --------------------------------------------------------------------------------
+    pv_count = 0
+    for f in range(n):
+        lst = pm.pv[f]
+        if lst:
+            for e, s in lst:
+                assert e.pmap[s] == f, f"pv of frame {f} says {e} slot {s}, which maps {e.pmap[s]}"
+                pv_count += 1
+    mapped = 0
+    for e in entries:
+        if e.map.is_submap:
+            assert (e.pmap < 0).all(), "a submap's own entry has translations"
+            continue
+        idx = np.flatnonzero(e.pmap >= 0)
+        mapped += idx.size
+        for s in idx.tolist():
+            f = int(e.pmap[s])
+            assert pm.queue[f] != FREE, f"{e} slot {s} maps free frame {f}"
+            assert (e, s) in [(pe, ps) for pe, ps in (pm.pv[f] or [])], \
+                f"{e} slot {s} -> frame {f} missing from its pv list"
+            vis, top = _visible(k, e, s)
+            assert vis == f, (f"{e} slot {s} maps frame {f} but the page it should see is frame "
+                              f"{vis}")
+            if e.pmw[s]:
+                assert pm.owner[f] is top, f"{e} slot {s} is writable onto another object's page"
+        assert not (e.pmw & (e.pmap < 0)).any(), f"{e} has write permission on unmapped slots"
+    assert mapped == pv_count, f"{mapped} translations but {pv_count} pv entries"
+    # ---- wiring -------------------------------------------------------------------------------
+    need = np.zeros(n, dtype=np.int64)
+    for e in entries:
+        if e.wired_count:
+            assert e.wired_frames is not None and len(e.wired_frames) == e.npages, \
+                f"wired entry {e} has no wired frame list"
+            for f in e.wired_frames.tolist():
+                assert pm.queue[f] == WIRED, f"{e} wired frame {f} is not on the wired queue"
+                need[f] += e.wired_count
+        else:
+            assert e.wired_frames is None, f"unwired entry {e} still lists wired frames"
+    assert (pm.wire_count >= need).all(), "a frame is wired fewer times than its entries say"
+    # ---- policy -------------------------------------------------------------------------------
+    if k.policy is not None:
+        resident = (pm.queue == ACTIVE) | (pm.queue == INACTIVE)
+        resident &= ~pm.absent
+        bad = np.flatnonzero(resident != k.tracked)
+        assert bad.size == 0, f"frames {bad[:8]} tracked by the policy disagree with residency"
+        assert k.ntracked == int(k.tracked.sum()), "ntracked is off"
+
+
+def _visible(k, e, s: int):
+    """(frame the entry sees at slot s, the object owning writes there)."""
+    shift = k.page_shift
+    if e.is_submap:
+        saddr = e.offset + (s << shift)
+        se = e.object.lookup(saddr)
+        if se is None:
+            return None, None
+        e, s = se, (saddr - se.start) >> shift
+    obj = e.object
+    top = obj
+    p = (e.offset >> shift) + s
+    while obj is not None:
+        f = obj.pages.get(p)
+        if f is not None:
+            return f, top
+        if obj.internal and p in obj.existence:
+            return None, top  # paged out: nothing resident may show here
+        p += obj.shadow_offset
+        obj = obj.shadow
+    return None, top

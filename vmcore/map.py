@@ -1,0 +1,207 @@
+"""Address maps (vm_map.c): a VMMap is an ordered list of page-aligned vm_map_entry records.
+
+Owns: `VMMapEntry` (start, end, object + offset, protection, max_protection, inheritance,
+behavior, wired_count, is_submap, needs_copy, use_pmap) with the entry's slice of the pmap, and
+`VMMap` (sorted entries, lookup by address, first-fit free-space search, clipping).
+
+The pmap: each entry carries `pmap` (numpy int32, entry page -> frame, -1 when not mapped) and `pmw`
+(numpy bool, the translation allows writes). A slot is set only by the fault path and cleared by the
+kernel's pmap_disconnect / pmap_remove when the page is freed, moved, copied up, or the entry's
+protection changes. The reverse map (PhysicalMemory.pv) lists every (entry, slot) mapping a frame;
+clipping relabels those records.
+
+Invariants: entries are sorted, non-overlapping, page aligned, start < end; an entry's object
+offset is page aligned and the entry fits in its object; a submap entry's `object` is a VMMap.
+Who calls: task.py (every vm_* call), fault.py (lookup), memory_entry.py (submaps), invariants.py.
+Caveats: addresses are Python ints in [map.min_address, map.max_address); 64-bit sparse.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vmcore.errors import InvalidAddress, NoSpace
+from vmcore.types import VM_PROT_DEFAULT, Behavior, Inherit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vmcore.kernel import Kernel
+
+
+class VMMapEntry:
+    __slots__ = ("map", "start", "end", "object", "offset", "protection", "max_protection",
+                 "inheritance", "behavior", "wired_count", "is_submap", "needs_copy", "use_pmap",
+                 "pmap", "pmw", "wired_frames", "last_slot", "run", "tag", "__weakref__")
+
+    def __init__(self, vmmap: "VMMap", start: int, end: int, obj, offset: int,
+                 protection: int = VM_PROT_DEFAULT, max_protection: int = 7,
+                 inheritance: Inherit = Inherit.COPY, behavior: Behavior = Behavior.DEFAULT,
+                 is_submap: bool = False, needs_copy: bool = False, tag: str = ""):
+        self.map = vmmap
+        self.start = start
+        self.end = end
+        self.object = obj
+        self.offset = offset
+        self.protection = protection
+        self.max_protection = max_protection
+        self.inheritance = inheritance
+        self.behavior = behavior
+        self.wired_count = 0
+        self.is_submap = is_submap
+        self.needs_copy = needs_copy
+        self.use_pmap = True
+        n = (end - start) // vmmap.page_size
+        self.pmap = np.full(n, -1, dtype=np.int32)
+        self.pmw = np.zeros(n, dtype=np.bool_)
+        self.wired_frames: np.ndarray | None = None
+        self.last_slot = -2  # deactivate-behind: last faulting slot and run length
+        self.run = 0
+        self.tag = tag
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) // self.map.page_size
+
+    def __repr__(self) -> str:
+        what = f"submap" if self.is_submap else f"obj={getattr(self.object, 'id', None)}"
+        return (f"<entry {self.start:#x}-{self.end:#x} {what}+{self.offset:#x} prot={self.protection}"
+                f"/{self.max_protection} nc={self.needs_copy} wired={self.wired_count}>")
+
+
+class VMMap:
+    """An address space (or a submap: a map fragment shared by several maps)."""
+
+    def __init__(self, page_size: int, min_address: int, max_address: int, name: str = "",
+                 is_submap: bool = False):
+        self.page_size = page_size
+        self.min_address = min_address
+        self.max_address = max_address
+        self.entries: list[VMMapEntry] = []
+        self.starts: list[int] = []
+        self.name = name
+        self.is_submap = is_submap
+        self.task = None
+        self.parents: list[VMMapEntry] = []  # for a submap: the entries that map it
+        self.version = 0
+        self._np_cache = None  # (version, starts ndarray, ends ndarray)
+        self.ref_count = 1
+
+    # ---- lookup ---------------------------------------------------------------------------------
+    def lookup(self, addr: int) -> VMMapEntry | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0:
+            e = self.entries[i]
+            if addr < e.end:
+                return e
+        return None
+
+    def index_after(self, addr: int) -> int:
+        """Index of the first entry whose end is > addr."""
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0 and addr < self.entries[i].end:
+            return i
+        return i + 1
+
+    def bounds_arrays(self):
+        """numpy arrays of entry starts and ends (cached per map version), for batch lookups."""
+        c = self._np_cache
+        if c is None or c[0] != self.version:
+            c = (self.version, np.array(self.starts, dtype=np.int64),
+                 np.array([e.end for e in self.entries], dtype=np.int64))
+            self._np_cache = c
+        return c[1], c[2]
+
+    def find_space(self, size: int) -> int:
+        """First fit (vm_map_find_space)."""
+        addr = self.min_address
+        for e in self.entries:
+            if e.start - addr >= size:
+                return addr
+            addr = max(addr, e.end)
+        if self.max_address - addr >= size:
+            return addr
+        raise NoSpace(f"no free range of {size:#x} bytes in the address space")
+
+    def range_free(self, start: int, end: int) -> bool:
+        i = self.index_after(start)
+        return i >= len(self.entries) or self.entries[i].start >= end
+
+    # ---- structure changes ----------------------------------------------------------------------
+    def insert(self, entry: VMMapEntry) -> None:
+        i = bisect.bisect_left(self.starts, entry.start)
+        self.entries.insert(i, entry)
+        self.starts.insert(i, entry.start)
+        self.version += 1
+
+    def remove(self, entry: VMMapEntry) -> None:
+        i = bisect.bisect_left(self.starts, entry.start)
+        assert self.entries[i] is entry
+        del self.entries[i]
+        del self.starts[i]
+        self.version += 1
+
+    def clip(self, kernel: "Kernel", addr: int) -> None:
+        """vm_map_clip_start/end: make addr an entry boundary if it falls inside an entry."""
+        e = self.lookup(addr)
+        if e is None or e.start == addr:
+            return
+        ps = self.page_size
+        k = (addr - e.start) // ps
+        right = VMMapEntry(self, addr, e.end, e.object, e.offset + k * ps, e.protection,
+                           e.max_protection, e.inheritance, e.behavior, e.is_submap,
+                           e.needs_copy, e.tag)
+        right.wired_count = e.wired_count
+        right.use_pmap = e.use_pmap
+        right.last_slot, right.run = e.last_slot - k, e.run
+        right.pmap = e.pmap[k:]
+        right.pmw = e.pmw[k:]
+        e.pmap = e.pmap[:k]
+        e.pmw = e.pmw[:k]
+        if e.wired_frames is not None:
+            right.wired_frames = e.wired_frames[k:]
+            e.wired_frames = e.wired_frames[:k]
+        e.end = addr
+        pv = kernel.pm.pv
+        for s in np.flatnonzero(right.pmap >= 0).tolist():
+            f = int(right.pmap[s])
+            lst = pv[f]
+            for j, (pe, ps_) in enumerate(lst):
+                if pe is e and ps_ == s + k:
+                    lst[j] = (right, s)
+                    break
+        if e.is_submap:
+            e.object.ref_count += 1
+            e.object.parents.append(right)
+        elif e.object is not None:
+            e.object.ref_count += 1
+        self.insert(right)
+
+    def entries_in(self, start: int, end: int) -> list[VMMapEntry]:
+        """Entries overlapping [start, end), in order (no clipping)."""
+        out = []
+        i = self.index_after(start)
+        while i < len(self.entries) and self.entries[i].start < end:
+            out.append(self.entries[i])
+            i += 1
+        return out
+
+    def check_covered(self, start: int, end: int) -> list[VMMapEntry]:
+        """Entries covering [start, end) with no hole, else InvalidAddress naming the hole."""
+        ents = self.entries_in(start, end)
+        addr = start
+        for e in ents:
+            if e.start > addr:
+                break
+            addr = e.end
+        if addr < end:
+            raise InvalidAddress(f"address {addr:#x} in [{start:#x}, {end:#x}) is not mapped")
+        return ents
+
+    def clipped_range(self, kernel: "Kernel", start: int, end: int) -> list[VMMapEntry]:
+        """Clip at start and end and return the entries exactly covering [start, end)."""
+        self.check_covered(start, end)
+        self.clip(kernel, start)
+        self.clip(kernel, end)
+        return self.entries_in(start, end)
