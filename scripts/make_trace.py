@@ -159,8 +159,11 @@ def write_npy(path: str | Path, pages: np.ndarray, *, nfiles: int = 0, writes: n
         np.save(path, pages.astype(np.int64))
         return
     fids, fpages = split_files(pages, max(nfiles, 1))
-    rec = np.zeros(pages.size, dtype=[("file", np.int64), ("page", np.int64), ("write", np.bool_)])
-    rec["file"], rec["page"] = fids, fpages
+    fields = ([("file", np.int64)] if nfiles > 0 else []) + [("page", np.int64), ("write", np.bool_)]
+    rec = np.zeros(pages.size, dtype=fields)
+    if nfiles > 0:
+        rec["file"] = fids
+    rec["page"] = fpages
     if writes is not None:
         rec["write"] = writes
     np.save(path, rec)

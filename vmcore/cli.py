@@ -1,16 +1,321 @@
-"""`vmcore` command line (placeholder until the vmcore issue fills it)."""
+"""`vmcore` command line: the wiring layer's entry point (subcommands; `replay` now, `scenario` and
+`experiment` from later issues plug into the same subparsers).
+
+Owns: `main(argv) -> int`, the argument parsers, the text / JSON output of `vmcore replay`, the
+progress bar, and reading vnodefs binary traces (this module may import vnodefs; vmcore.replay,
+a model module, may not).
+
+    vmcore replay TRACE --memory SIZE [--policy mach|lru|fifo|clock] [--page-size N] [--json]
+                  [--progress | --no-progress] [--ops read,write] [--pid PID]
+
+TRACE is a text trace (`PAGE [r|w]` or `FILE OFFSET [r|w]` per line, `#` comments), a numpy .npy
+trace, or a vnodefs trace file (told apart by content). Output: vm_stat-style lines, or with --json
+one JSON object with the vm_stat counters plus `accesses`, `misses` (zero fills + hard faults),
+`policy`, `memory`, `page_size`, `trace` and a few more.
+
+Exit status: 0 success; 2 bad input (unknown policy, bad size, memory below the kernel's reserve,
+missing or malformed trace: one line on stderr naming what was wrong, no traceback); 1 a VM error
+during the replay (e.g. KERN_RESOURCE_SHORTAGE); 130 interrupted.
+Caveats: the progress bar goes to stderr, at most 5 updates a second, only when stderr is a TTY
+unless --progress.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+
+from vmcore.errors import InvalidArgument, VMError
+
+PROG = "vmcore"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`vmcore replay: error: ... (see --help)`), exit status 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _kernel_class():
+    """`vmcore.Kernel` (the wiring subclass in vmcore.lab) when it exists, else the model's Kernel."""
+    try:
+        import vmcore.lab  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "vmcore.lab":
+            raise
+        from vmcore.kernel import Kernel
+        return Kernel
+    from vmcore import Kernel
+    return Kernel
+
+
+# ---- progress -----------------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on stderr: `label  42% [#####.....] 420000/1000000 1.2M/s ETA 3s`.
+    Redraws at most every `interval` seconds; does nothing when disabled."""
+
+    def __init__(self, label: str, enabled: bool, stream=None, interval: float = 0.2, unit: str = "accesses"):
+        self.label, self.enabled, self.interval, self.unit = label, enabled, interval, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.t0 = time.monotonic()
+        self._last = float("-inf")  # the first call always draws
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self._last < self.interval:
+            return
+        self._last = now
+        el = max(now - self.t0, 1e-9)
+        rate = done / el
+        frac = done / total if total else 1.0
+        width = 24
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        eta = (total - done) / rate if rate > 0 else 0.0
+        self.stream.write(f"\r{self.label} {frac * 100:5.1f}% [{bar}] {done}/{total} {self.unit} "
+                          f"{_si(rate)}/s ETA {eta:4.0f}s ")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _si(x: float) -> str:
+    for unit, d in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= d:
+            return f"{x / d:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+# ---- trace loading (text / npy in vmcore.replay, vnodefs traces here) -----------------------------------
+
+def _vnodefs_trace_module():
+    try:
+        from vnodefs import trace as vtrace
+    except ImportError:
+        return None
+    return vtrace if hasattr(vtrace, "load") else None
+
+
+def _is_vnodefs_trace(path: str, head: bytes) -> bool:
+    vtrace = _vnodefs_trace_module()
+    if vtrace is None:
+        return False
+    magic = getattr(vtrace, "MAGIC", None)
+    if isinstance(magic, (bytes, bytearray)) and magic:
+        return head.startswith(bytes(magic))
+    return False
+
+
+def load_trace(path: str, page_size: int, ops: tuple[str, ...] = ("read", "write"), pid: int | None = None):
+    """An AccessTrace from a text, .npy or vnodefs trace file."""
+    from vmcore.replay import AccessTrace, TraceError, load
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except FileNotFoundError:
+        raise TraceError(f"trace file {path} does not exist") from None
+    except IsADirectoryError:
+        raise TraceError(f"trace file {path} is a directory") from None
+    except OSError as e:
+        raise TraceError(f"cannot read trace file {path}: {e.strerror or e}") from None
+    if not _is_vnodefs_trace(path, head):
+        if pid is not None:
+            raise TraceError(f"--pid applies to vnodefs traces only; {path} is a text or numpy trace")
+        return load(path, page_size)
+    return _load_vnodefs(path, page_size, ops, pid, AccessTrace, TraceError)
+
+
+def _load_vnodefs(path, page_size, ops, pid, AccessTrace, TraceError):
+    import numpy as np
+
+    vtrace = _vnodefs_trace_module()
+    try:
+        tr = vtrace.load(path)
+    except Exception as e:  # the reader's own error, reported in one line
+        raise TraceError(f"cannot read vnodefs trace {path}: {e}") from None
+    hdr_ps = None
+    header = getattr(tr, "header", None)
+    if isinstance(header, dict):
+        hdr_ps = header.get("page_size")
+    if hdr_ps is not None and int(hdr_ps) != page_size:
+        raise TraceError(f"{path} was recorded with {hdr_ps}-byte pages; replay it with --page-size {hdr_ps}")
+    try:
+        pages = tr.expand_pages(ops=tuple(ops))
+    except (ValueError, KeyError) as e:
+        raise TraceError(f"{path}: cannot expand requests into pages: {e}") from None
+    if pid is not None:
+        pages = pages[pages["pid"] == pid]
+    op = pages["op"]
+    if op.dtype.kind in "US":
+        is_write = op == ("write" if op.dtype.kind == "U" else b"write")
+    else:
+        codes = getattr(vtrace, "OPS", None) or getattr(vtrace, "OP_CODES", None)
+        wcode = None
+        if isinstance(codes, dict):
+            wcode = codes.get("write")
+            if wcode is None:  # maybe code -> name
+                wcode = next((c for c, n in codes.items() if n == "write"), None)
+        elif isinstance(codes, (list, tuple)) and "write" in codes:
+            wcode = codes.index("write")
+        is_write = (op == wcode) if wcode is not None else np.zeros(op.size, dtype=np.bool_)
+    fids = pages["file"].astype(np.int64)
+    uniq, dense = np.unique(fids, return_inverse=True) if fids.size else (np.zeros(0, np.int64), fids)
+    files = getattr(tr, "files", {}) or {}
+    names = []
+    for u in uniq.tolist():
+        name = files.get(u) if isinstance(files, dict) else (files[u] if 0 <= u < len(files) else None)
+        names.append(str(name) if name is not None else f"file{u}")
+    # two ids with one path (reopened file) stay separate regions; make their names distinct
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            names[i] = f"{n}#{int(uniq[i])}"
+        seen.add(names[i])
+    return AccessTrace(dense, pages["page"], is_write, names or [""], path)
+
+
+# ---- vmcore replay ----------------------------------------------------------------------------------
+
+def _add_replay(sub) -> None:
+    p = sub.add_parser(
+        "replay", help="replay a page-access trace through one task and print the counters",
+        description="Replay an access trace through one task of a fresh kernel and print vm_stat-style "
+                    "counters. TRACE is a text trace (one 'PAGE [r|w]' or 'FILE OFFSET [r|w]' per line, "
+                    "'#' comments), a numpy .npy trace, or a vnodefs trace file.",
+        epilog="Example: vmcore replay trace.txt --memory 16MiB --policy lru --json")
+    p.add_argument("trace", metavar="TRACE", help="trace file (text, .npy or vnodefs)")
+    p.add_argument("--memory", required=True, metavar="SIZE",
+                   help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes")
+    p.add_argument("--policy", default="mach", metavar="POLICY",
+                   help="replacement policy: mach (default: active/inactive queues), lru, fifo or clock")
+    p.add_argument("--page-size", type=int, default=4096, metavar="N", help="page size in bytes (default 4096)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--ops", default="read,write", metavar="OPS",
+                   help="vnodefs traces: which request kinds to replay (default read,write)")
+    p.add_argument("--pid", type=int, default=None, help="vnodefs traces: only this process's requests")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show the progress bar even when stderr is not a terminal")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
+    p.add_argument("--chunk", type=int, default=1 << 16, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_replay)
+
+
+def _counter_lines(result) -> list[str]:
+    try:
+        from vmcore.stats import VM_STAT_KEYS
+    except ImportError:  # pragma: no cover - the model's stats module names the standard ten
+        VM_STAT_KEYS = ()
+    c = result.counters
+    keys = [k for k in VM_STAT_KEYS if k in c] + [k for k in c if k not in VM_STAT_KEYS]
+    out = []
+    for k in keys:
+        label = f'"{k}":' if k == "Translation faults" else f"{k}:"
+        out.append(f"{label:<25s} {c[k]:10d}.")
+    return out
+
+
+def cmd_replay(args) -> int:
+    from vmcore.policy import POLICIES
+    from vmcore.replay import replay
+    from vmcore.types import parse_size
+
+    name = f"{PROG} replay"
+    policy = args.policy.strip().lower()
+    if policy not in POLICIES:
+        raise InvalidArgument(f"unknown replacement policy {args.policy!r} (valid: {', '.join(POLICIES)})")
+    memory = parse_size(args.memory, "memory")
+    if memory <= 0:
+        raise InvalidArgument(f"memory {args.memory!r} must be positive")
+    if args.page_size <= 0 or args.page_size & (args.page_size - 1):
+        raise InvalidArgument(f"page size {args.page_size} is not a positive power of two")
+    if args.chunk < 1:
+        raise InvalidArgument(f"--chunk {args.chunk} must be >= 1")
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
+    if not ops:
+        raise InvalidArgument("--ops names no request kind (e.g. read,write)")
+    Kernel = _kernel_class()
+    kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy)
+    try:
+        trace = load_trace(args.trace, args.page_size, ops, args.pid)
+        if len(trace) == 0:
+            raise InvalidArgument(f"trace {args.trace} holds no accesses")
+        show = args.progress if args.progress is not None else sys.stderr.isatty()
+        bar = Progress(name, enabled=show and len(trace) > 0)
+        try:
+            result = replay(kernel, trace, chunk=args.chunk, progress=bar)
+        finally:
+            bar.close()
+    finally:
+        close = getattr(kernel, "close", None)
+        if callable(close):
+            close()
+    if args.json:
+        out = {"trace": args.trace, "policy": policy, "memory": memory, "page_size": args.page_size,
+               "memory_pages": memory // args.page_size, "files": len(trace.names)}
+        out.update(result.as_dict())
+        print(json.dumps(out))
+    else:
+        print(f"Replay of {args.trace}: {result.accesses} accesses, {result.misses} misses "
+              f"({100 * result.misses / max(result.accesses, 1):.2f}%), footprint {result.footprint} pages "
+              f"in {len(trace.names)} file(s)")
+        print(f"Policy {policy}, memory {args.memory} ({memory // args.page_size} pages of {args.page_size} "
+              f"bytes), {result.wall_s:.3f} s ({_si(result.accesses / max(result.wall_s, 1e-9))} accesses/s)")
+        print(f"Mach Virtual Memory Statistics: (page size of {args.page_size} bytes)")
+        for line in _counter_lines(result):
+            print(line)
+    return 0
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="vmcore: a runnable model of the Mach / Mac OS X VM system.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_replay(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vmcore", description="The Mach VM model.")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already reported in one line
+        return e.code if isinstance(e.code, int) else 2
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    prog = f"{PROG} {args.command}"
+    try:
+        return args.func(args)
+    except InvalidArgument as e:  # bad input, including TraceError
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except VMError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head & co.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == "__main__":

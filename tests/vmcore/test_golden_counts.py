@@ -146,3 +146,40 @@ def test_policies_differ_somewhere(reference_counts):
     for t in ("zipf-2000", "mixed-500", "sequential-1000"):
         lru, fifo, clock = (reference_counts[t, p] for p in ("lru", "fifo", "clock"))
         assert lru != fifo and lru != clock and fifo != clock, t
+
+
+# ---- end to end through the kernel ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "clock"])
+@pytest.mark.parametrize("trace", TRACES)
+def test_kernel_replay_equals_golden(traces, trace, policy):
+    """The Python replay API: one task, Task.access in chunks, misses = zero fills + hard faults."""
+    from vmcore.kernel import Kernel
+    from vmcore.replay import AccessTrace, replay
+
+    tr = AccessTrace.from_pages(traces[trace])
+    got = []
+    for n in FRAMES:
+        k = Kernel(memory=n * 4096, page_size=4096, policy=policy)
+        res = replay(k, tr)
+        got.append(res.misses)
+        assert res.misses == res.counters["Pages zero filled"] + res.counters["Hard faults"]
+        k.close()
+    assert got == GOLDEN["misses"][trace][policy]
+
+
+def test_cli_replay_json_equals_golden(traces, tmp_path, capsys):
+    """`vmcore replay --json` on the written text and .npy forms of a golden trace."""
+    from vmcore.cli import main
+
+    name = "mixed-500"
+    txt, npy = tmp_path / "t.txt", tmp_path / "t.npy"
+    make_trace.write_text(txt, traces[name])
+    make_trace.write_npy(npy, traces[name])
+    for path in (txt, npy):
+        for policy in ("lru", "fifo", "clock"):
+            i = 2
+            assert main(["replay", str(path), "--memory", str(FRAMES[i] * 4096), "--policy", policy,
+                         "--json"]) == 0
+            d = json.loads(capsys.readouterr().out)
+            assert d["misses"] == GOLDEN["misses"][name][policy][i], (path.suffix, policy)
