@@ -79,9 +79,13 @@ def check(kernel, allow_open_upls: bool = False) -> None:
             if obj.internal:
                 assert (e.offset >> k.page_shift) + e.npages <= obj.npages, \
                     f"entry {e} runs past the end of object {obj.id} ({obj.npages} pages)"
-            if obj.shadowers and obj.internal:
-                assert e.needs_copy, \
-                    f"entry {e} maps shadowed object {obj.id} without needs_copy (COW bypassed)"
+            if obj.shadowers and obj.internal and not e.needs_copy:
+                lo = e.offset >> k.page_shift
+                hi = lo + e.npages
+                for sh in obj.shadowers:
+                    assert hi <= sh.shadow_offset or lo >= sh.shadow_offset + sh.npages, \
+                        (f"entry {e} maps shadowed object {obj.id} writable where object {sh.id} "
+                         f"shadows it (COW bypassed)")
     for ne in k.named_entries:
         if not ne.is_submap:
             assert ne.object.alive, f"named entry {ne} holds dead object"
