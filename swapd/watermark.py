@@ -56,7 +56,7 @@ def file_size(index: int, scale: float, cluster_bytes: int, cap: int | None = No
     if cap is not None:
         size = min(size, cap)
     size -= size % cluster_bytes
-    if size == 0 and nominal_size(index, scale) > 0 and (cap is None or cap >= cluster_bytes):
+    if size == 0 and (cap is None or cap >= cluster_bytes):
         size = cluster_bytes  # a tiny scale still gets one cluster
     return max(size, 0)
 
