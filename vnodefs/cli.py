@@ -1,0 +1,274 @@
+"""`vnodefs` command line: `main(argv) -> int`.
+
+Owns: the argument parsers, help texts and exit statuses of
+
+    vnodefs mount SOURCE MOUNTPOINT [--trace FILE | --no-trace] [--latency none|ssd|hdd|SEEK_US:MBPS]
+                  [--cache page|direct] [--read-only] [--foreground]
+    vnodefs umount MOUNTPOINT
+    vnodefs run SOURCE [mount options] [--json FILE] -- COMMAND [ARGS...]
+    vnodefs demo [--size MiB] [--keep DIR] [--seed N]
+    vnodefs trace TRACE [--json]          (alias: vnodefs summary)
+
+Exit statuses: 0 success; 2 bad input or a failed mount/unmount (one line on stderr, nothing left
+mounted); `run` exits with COMMAND's status (128+N for signal N, 127 if it cannot be started);
+130 interrupted. Messages and summaries go to stderr, JSON to stdout (`trace --json`) or a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vnodefs.latency import HELP as LATENCY_HELP
+
+PROG = "vnodefs"
+
+CACHE_HELP = ("page: the kernel page cache is on (libfuse auto_cache), so the trace holds page-cache "
+              "misses only, and shared writable mmap works; direct: direct_io on every open, so every "
+              "read and write reaches vnodefs with the program's own offset and size (the trace holds "
+              "every access), but this kernel/libfuse refuse shared mmap (ENODEV): use page for that")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_mount_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", metavar="FILE", help="write the request trace to FILE (default: "
+                   "./vnodefs-<name>-<time>.vtrace in the current directory)")
+    p.add_argument("--no-trace", action="store_true", help="record nothing (for overhead measurements)")
+    p.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
+    p.add_argument("--cache", default="page", choices=("page", "direct"), help=CACHE_HELP)
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="vnodefs: a traced FUSE passthrough over a host directory (the vnode "
+                "pager of the Mach VM model): every read, write, truncate, fsync, open and release that "
+                "reaches it is recorded with pid, file, offset, length, duration and result.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT (returns once the mount is ready)",
+                       description="Mount the host directory SOURCE on MOUNTPOINT through vnodefs. Returns "
+                       "once the mount is ready; the file system runs in a background daemon until "
+                       "`vnodefs umount MOUNTPOINT`. Prints where the trace goes.")
+    m.add_argument("source", metavar="SOURCE")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_mount_options(m)
+    m.add_argument("--foreground", action="store_true", help="run the file system in this process until "
+                   "it is unmounted (Ctrl-C unmounts)")
+
+    u = sub.add_parser("umount", help="flush the trace, unmount, wait for the daemon",
+                       description="Unmount a vnodefs mount: the daemon flushes and closes the trace and "
+                       "exits; also removes a mount whose daemon died.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    r = sub.add_parser("run", help="run COMMAND against a fresh mount of SOURCE and summarize its I/O",
+                       usage="vnodefs run SOURCE [options] [--json FILE] -- COMMAND [ARGS...]",
+                       description="Mount SOURCE on a fresh temporary mount point, run COMMAND (every "
+                       "'{mnt}' in its arguments is replaced by the mount point, and VNODEFS_MNT is set), "
+                       "unmount, print a one-screen summary (requests, bytes, pages, sequential fraction, "
+                       "time blocked) on stderr, and exit with COMMAND's exit status.")
+    r.add_argument("source", metavar="SOURCE")
+    _add_mount_options(r)
+    r.add_argument("--json", metavar="FILE", help="also write the summary as JSON (keys include wall_s, "
+                   "exit_status, requests, bytes_read, pages_read, major_faults, trace)")
+    r.add_argument("--quiet", action="store_true", help="do not print the summary")
+
+    d = sub.add_parser("demo", help="generate data, mount it, read it three ways, print the locality summary",
+                       description="Generate a seeded data directory, mount it through vnodefs (direct "
+                       "mode, so the trace holds every access), read it sequentially, read it randomly, "
+                       "map a file and touch its pages (page mode if direct mode refuses shared mmap), "
+                       "unmount, and print the locality summary of each phase. Cleans up everything "
+                       "unless --keep is given.")
+    d.add_argument("--size", type=float, default=32, metavar="MiB", help="total data size (default 32)")
+    d.add_argument("--keep", metavar="DIR", help="keep the data and traces in DIR (created if missing)")
+    d.add_argument("--seed", type=int, default=1, help="random seed of the data and access pattern (default 1)")
+    d.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
+    d.add_argument("--json", metavar="FILE", help="also write the per-phase summaries as JSON")
+
+    for name in ("trace", "summary"):
+        t = sub.add_parser(name, help="print the summary of a trace file" + (" (alias of trace)" if name == "summary" else ""),
+                           description="Print the one-screen summary of a vnodefs trace. Definitions: "
+                           "requests = read + write requests; pages = pages spanned by reads; sequential = "
+                           "fraction of requests that start where the previous one on the same file ended; "
+                           "time blocked = summed durations of data requests (including modelled latency); "
+                           "pid 0 is the kernel.")
+        t.add_argument("trace", metavar="TRACE")
+        t.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    return p
+
+
+def _err(cmd: str, msg: str) -> int:
+    print(f"vnodefs {cmd}: {msg}", file=sys.stderr)
+    return 2
+
+
+def _trace_arg(args, kind: str) -> tuple[str | None, str | None]:
+    from vnodefs.run import default_trace_path
+
+    if args.no_trace:
+        if args.trace:
+            raise ValueError("--trace and --no-trace exclude each other")
+        return None, None
+    if args.trace:
+        return os.path.abspath(args.trace), None
+    return default_trace_path(kind)
+
+
+def cmd_mount(args) -> int:
+    from vnodefs.mount import MountError, mount, serve, validate
+
+    try:
+        trace, note = _trace_arg(args, os.path.basename(os.path.abspath(args.mountpoint)) or "mount")
+    except ValueError as e:
+        return _err("mount", str(e))
+    if note:
+        print(f"vnodefs mount: {note}", file=sys.stderr)
+    try:
+        validate(args.source, args.mountpoint, trace, args.latency, args.cache)
+        if args.foreground:
+            config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
+                      "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only}
+
+            def ready(msg):
+                print(f"vnodefs: mounted {args.source} on {args.mountpoint} (foreground; Ctrl-C or "
+                      f"`vnodefs umount` to stop); trace: {trace or 'none'}", file=sys.stderr, flush=True)
+
+            return serve(config, ready=ready)
+        m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
+                  read_only=args.read_only)
+    except MountError as e:
+        return _err("mount", str(e))
+    ra = m.info.get("readahead_kb")
+    print(f"vnodefs: mounted {m.source} on {m.mountpoint} (daemon pid {m.pid}, cache {m.cache}, latency "
+          f"{m.latency}, readahead {ra} KiB)", file=sys.stderr)
+    print(f"vnodefs: trace: {trace or 'none (--no-trace)'}", file=sys.stderr)
+    return 0
+
+
+def cmd_umount(args) -> int:
+    from vnodefs.mount import MountError, read_state, umount
+
+    st = read_state(os.path.realpath(args.mountpoint)) if os.path.exists(args.mountpoint) else None
+    try:
+        umount(args.mountpoint)
+    except MountError as e:
+        return _err("umount", str(e))
+    if st and st.get("trace"):
+        print(f"vnodefs: unmounted {args.mountpoint}; trace: {st['trace']}", file=sys.stderr)
+    else:
+        print(f"vnodefs: unmounted {args.mountpoint}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args, command: list[str]) -> int:
+    from vnodefs.mount import MountError
+    from vnodefs.run import CommandNotFound, run_command
+    from vnodefs.summary import format_summary
+
+    try:
+        trace, note = _trace_arg(args, "run")
+    except ValueError as e:
+        return _err("run", str(e))
+    if note:
+        print(f"vnodefs run: {note}", file=sys.stderr)
+    if args.json:
+        jdir = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(jdir) or not os.access(jdir, os.W_OK) or os.path.isdir(args.json):
+            return _err("run", f"cannot write JSON file {args.json}")
+    try:
+        status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
+                                      read_only=args.read_only)
+    except CommandNotFound as e:
+        print(f"vnodefs run: {e}", file=sys.stderr)
+        return 127
+    except MountError as e:
+        return _err("run", str(e))
+    if not args.quiet:
+        text = format_summary(summary, title=f"vnodefs run: {' '.join(command)}: exit status {status}, "
+                              f"{summary['wall_s']:.3f} s, {summary['major_faults']} major faults") \
+            if trace else f"vnodefs run: exit status {status}, {summary['wall_s']:.3f} s (no trace)"
+        print(text, file=sys.stderr)
+        if trace:
+            print(f"  trace         {trace}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+            fh.write("\n")
+    return status
+
+
+def cmd_trace(args) -> int:
+    import warnings
+
+    from vnodefs.summary import format_summary, summarize
+    from vnodefs.trace import load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tr = load(args.trace)
+        except FileNotFoundError:
+            return _err(args.cmd, f"trace file {args.trace} does not exist")
+        except ValueError as e:
+            return _err(args.cmd, str(e))
+        except OSError as e:
+            return _err(args.cmd, f"cannot read {args.trace}: {e.strerror}")
+    for w in caught:
+        print(f"vnodefs {args.cmd}: warning: {w.message}", file=sys.stderr)
+    s = summarize(tr)
+    if args.json:
+        json.dump(s, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_summary(s, title=f"vnodefs trace {args.trace}: {len(tr.files)} files, "
+                             f"{tr.records.size} records"))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vnodefs.demo import DemoError, run_demo
+
+    try:
+        return run_demo(size_mib=args.size, keep=args.keep, seed=args.seed, latency=args.latency,
+                        json_path=args.json)
+    except DemoError as e:
+        return _err("demo", str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv and argv[0] == "run" and "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.cmd == "mount":
+            return cmd_mount(args)
+        if args.cmd == "umount":
+            return cmd_umount(args)
+        if args.cmd == "run":
+            if not command:
+                return _err("run", "no command given: put it after --, e.g. vnodefs run SRC -- cat {mnt}/file")
+            return cmd_run(args, command)
+        if args.cmd in ("trace", "summary"):
+            return cmd_trace(args)
+        if args.cmd == "demo":
+            return cmd_demo(args)
+    except KeyboardInterrupt:
+        print("vnodefs: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

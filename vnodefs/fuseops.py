@@ -1,0 +1,430 @@
+"""The FUSE side of vnodefs: a POSIX passthrough over a host directory, and its one dispatcher.
+
+Owns: `Passthrough` (mfusepy Operations: every file-system operation on the host directory, as
+plain os calls that raise OSError), `VnodeFUSE` (an mfusepy.FUSE whose dispatcher `_wrapper`
+is the ONE choke point every kernel request passes through: it times the request, applies the
+latency model, records read/write/truncate/fsync/open/create/release/flush/fallocate in the trace,
+and is the only place where OSError becomes -errno), and `FsConfig`.
+
+Who calls it: vnodefs.mount (the daemon process builds a Passthrough and runs VnodeFUSE in the
+foreground). Nothing else mounts.
+
+Why the dispatcher is `VnodeFUSE._wrapper` and not `Operations.__call__`: mfusepy >= 3 ignores
+the Operations call operator (it warns if one exists); every libfuse callback is bound as
+`functools.partial(FUSE._wrapper, method)`, so `_wrapper` is the dispatcher. VnodeFUSE also
+replaces mfusepy's read/write with zero-copy versions (os.preadv / os.pwrite straight into / out
+of libfuse's request buffer) and handles rename flags and UTIME_NOW / UTIME_OMIT.
+
+Invariants:
+  * one host fd per open (fh = the host fd), os.pread/os.pwrite on it, no global lock;
+  * every traced request produces exactly one record, whatever its outcome (result = bytes or
+    -errno); pid 0 (kernel: writeback, release) is recorded as is;
+  * O_APPEND and O_DIRECT are not passed to the host fd (the kernel sends explicit offsets, and
+    page-cache writeback may write any offset through any writable handle); write-only opens get a
+    read-write host fd when permitted, so the kernel may read pages through it.
+Caveats:
+  * Writeback cache and FUSE passthrough stay off (they would hide requests from the trace).
+  * `page` mode uses libfuse's auto_cache: the kernel keeps a file's pages across opens unless the
+    host file's mtime/size changed; the trace then holds page-cache misses only.
+  * `direct` mode sets direct_io on every open: every read reaches vnodefs with the program's own
+    offset and size, but the kernel refuses shared mmap (ENODEV) unless it and libfuse negotiate
+    FUSE_DIRECT_IO_ALLOW_MMAP, which libfuse 3.14 (Debian 12) cannot (private mmap still works).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy  # noqa: E402
+
+from vnodefs.latency import LatencyModel, LatencySpec  # noqa: E402
+from vnodefs.trace import FLAG_SEEK, OPS, TraceWriter  # noqa: E402
+
+log = logging.getLogger("vnodefs")
+
+MIB = 1 << 20
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16
+FUSE_CAP_ASYNC_DIO = 1 << 15
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+_HOST_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "O_DIRECT", 0)
+
+_get_ctx = mfusepy._libfuse.fuse_get_context
+_mono = time.monotonic_ns
+_sleep = time.sleep
+_char_array = ctypes.c_char
+_addressof = ctypes.addressof
+
+
+@dataclass
+class FsConfig:
+    source: str
+    cache: str = "page"  # "page" | "direct"
+    read_only: bool = False
+    max_read: int = MIB
+    max_write: int = MIB
+    latency: LatencySpec = field(default_factory=lambda: LatencySpec("none", 0.0, 0.0))
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class Passthrough(mfusepy.Operations):
+    """Every operation of a POSIX passthrough on `root`; raises OSError, never translates it.
+
+    Paths arrive relative to the mount root ("/a/b"); `self.trace.file_id(path)` names files in
+    the trace. `fid_of_fd` maps an open host fd to its trace file id."""
+
+    use_ns = True
+
+    def __init__(self, config: FsConfig, trace: TraceWriter):
+        self.config = config
+        self.root = os.path.realpath(config.source)
+        self.trace = trace
+        self.fid_of_fd: dict[int, int] = {}
+        self.negotiated: dict = {}
+        self._renameat2 = None
+
+    def _p(self, path: str) -> str:
+        return self.root + path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def init_with_config(self, conn, config) -> None:
+        c = self.config
+        if conn is not None:
+            conn.max_read = c.max_read  # must equal the max_read mount option on libfuse 3
+            conn.max_write = c.max_write
+            conn.max_readahead = max(conn.max_readahead, c.max_read)
+            conn.want &= ~FUSE_CAP_WRITEBACK_CACHE
+            self.negotiated = {"capable": int(conn.capable), "want": int(conn.want),
+                               "max_read": int(conn.max_read), "max_write": int(conn.max_write),
+                               "max_readahead": int(conn.max_readahead),
+                               "proto": f"{conn.proto_major}.{conn.proto_minor}"}
+        if config is not None:
+            config.use_ino = 1
+            config.hard_remove = 1
+            config.kernel_cache = 0
+            config.auto_cache = 1 if c.cache == "page" else 0
+            config.direct_io = 1 if c.cache == "direct" else 0
+
+    # -- metadata ----------------------------------------------------------------------------
+    def getattr(self, path, fh=None):
+        st = os.fstat(fh.fh) if fh is not None else os.lstat(self.root + path)
+        return {
+            "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": st.st_uid,
+            "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize, "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+        }
+
+    def readdir(self, path, fh):
+        out = [".", ".."]
+        with os.scandir(self.root + path) as it:
+            for e in it:
+                out.append((e.name, {"st_mode": stat.S_IFMT(e.stat(follow_symlinks=False).st_mode),
+                                     "st_ino": e.inode()}, 0))
+        return out
+
+    def readlink(self, path):
+        return os.readlink(self.root + path)
+
+    def mknod(self, path, mode, dev):
+        os.mknod(self.root + path, mode, dev)
+        return 0
+
+    def mkdir(self, path, mode):
+        os.mkdir(self.root + path, mode)
+        return 0
+
+    def rmdir(self, path):
+        os.rmdir(self.root + path)
+        return 0
+
+    def unlink(self, path):
+        os.unlink(self.root + path)
+        self.trace.forget_path(path)
+        return 0
+
+    def symlink(self, target, source):
+        """Create the symlink `target` (a mount path) whose content is `source`."""
+        os.symlink(source, self.root + target)
+        return 0
+
+    def rename(self, old, new, flags=0):
+        if flags:
+            if self._renameat2 is None:
+                self._renameat2 = _libc().renameat2
+            AT_FDCWD = -100
+            rc = self._renameat2(AT_FDCWD, os.fsencode(self.root + old), AT_FDCWD, os.fsencode(self.root + new),
+                                 ctypes.c_uint(flags))
+            if rc != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+        else:
+            os.rename(self.root + old, self.root + new)
+        self.trace.forget_path(old)
+        self.trace.forget_path(new)
+        return 0
+
+    def link(self, target, source):
+        """Create the hard link `target` to the existing `source` (both mount paths)."""
+        os.link(self.root + source, self.root + target)
+        return 0
+
+    def chmod(self, path, mode):
+        os.chmod(self.root + path, mode)
+        return 0
+
+    def chown(self, path, uid, gid):
+        os.chown(self.root + path, uid, gid, follow_symlinks=False)
+        return 0
+
+    def truncate(self, path, length, fh=None):
+        if fh is not None:
+            os.ftruncate(fh.fh, length)
+        else:
+            os.truncate(self.root + path, length)
+        return 0
+
+    def utimens(self, path, times=None):
+        if times is None:
+            os.utime(self.root + path, follow_symlinks=False)
+        else:
+            os.utime(self.root + path, ns=times, follow_symlinks=False)
+        return 0
+
+    def access(self, path, amode):
+        if not os.access(self.root + path, amode):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return 0
+
+    def statfs(self, path):
+        sv = os.statvfs(self.root + path)
+        return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                                             "f_ffree", "f_favail", "f_flag", "f_namemax")}
+
+    # -- extended attributes -----------------------------------------------------------------
+    def getxattr(self, path, name, position=0):
+        return os.getxattr(self.root + path, name, follow_symlinks=False)
+
+    def setxattr(self, path, name, value, options, position=0):
+        os.setxattr(self.root + path, name, value, options, follow_symlinks=False)
+        return 0
+
+    def listxattr(self, path):
+        return os.listxattr(self.root + path, follow_symlinks=False)
+
+    def removexattr(self, path, name):
+        os.removexattr(self.root + path, name, follow_symlinks=False)
+        return 0
+
+    # -- files -------------------------------------------------------------------------------
+    def _host_open(self, path, flags, mode=0o666):
+        hflags = (flags & ~_HOST_STRIP) | os.O_CLOEXEC
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            try:  # a readable fd lets the kernel read pages through any handle
+                return os.open(self.root + path, (hflags & ~os.O_ACCMODE) | os.O_RDWR, mode)
+            except PermissionError:
+                pass
+        return os.open(self.root + path, hflags, mode)
+
+    def open(self, path, fi):
+        fd = self._host_open(path, fi.flags)
+        fi.fh = fd
+        self.fid_of_fd[fd] = self.trace.file_id(path)
+        if self.config.cache == "direct":
+            fi.direct_io = 1
+        return 0
+
+    def create(self, path, mode, fi):
+        fd = os.open(self.root + path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
+                     | os.O_CLOEXEC, mode)
+        fi.fh = fd
+        self.fid_of_fd[fd] = self.trace.file_id(path)
+        if self.config.cache == "direct":
+            fi.direct_io = 1
+        return 0
+
+    def flush(self, path, fh):
+        os.close(os.dup(fh.fh))  # report close-time errors of the host file, as close(2) would
+        return 0
+
+    def release(self, path, fh):
+        fd = fh.fh
+        self.fid_of_fd.pop(fd, None)
+        os.close(fd)
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        if datasync:
+            os.fdatasync(fh.fh)
+        else:
+            os.fsync(fh.fh)
+        return 0
+
+    def fallocate(self, path, mode, offset, size, fh):
+        if mode:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        os.posix_fallocate(fh.fh, offset, size)
+        return 0
+
+    # read / write live in VnodeFUSE (zero-copy into libfuse's buffer); these exist so mfusepy
+    # registers the callbacks.
+    def read(self, path, size, offset, fh):  # pragma: no cover - replaced by VnodeFUSE.read
+        return os.pread(fh.fh, size, offset)
+
+    def write(self, path, data, offset, fh):  # pragma: no cover - replaced by VnodeFUSE.write
+        return os.pwrite(fh.fh, data, offset)
+
+
+# name of the mfusepy low-level method -> trace op code
+_TRACED = {
+    "read": OPS["read"], "write": OPS["write"], "truncate_fuse_3": OPS["truncate"],
+    "ftruncate": OPS["truncate"], "fsync": OPS["fsync"], "open": OPS["open"], "create": OPS["create"],
+    "release": OPS["release"], "flush": OPS["flush"], "fallocate": OPS["fallocate"],
+}
+_READ, _WRITE = OPS["read"], OPS["write"]
+_OPEN, _CREATE, _TRUNC, _FALLOC = OPS["open"], OPS["create"], OPS["truncate"], OPS["fallocate"]
+
+
+def _neg_errno(e: OSError) -> int:
+    return -e.errno if isinstance(e.errno, int) and e.errno > 0 else -errno.EIO
+
+
+class VnodeFUSE(mfusepy.FUSE):
+    """mfusepy.FUSE with vnodefs' dispatcher. Construct with (ops, mountpoint, latency=, **options);
+    like mfusepy.FUSE, the constructor runs the file system until it is unmounted."""
+
+    def __init__(self, operations: Passthrough, mountpoint: str, latency: LatencyModel, **kwargs):
+        self.trace = operations.trace
+        self.latency = latency
+        self.fid_of_fd = operations.fid_of_fd
+        super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
+
+    # -- the dispatcher: every libfuse callback passes through here ------------------------------
+    def _wrapper(self, func, *args, **kwargs):
+        op = _TRACED.get(func.__name__)
+        try:
+            if op is None:
+                try:
+                    return func(*args, **kwargs) or 0
+                except OSError as e:
+                    if func.__name__ == "init_fuse_3":
+                        raise
+                    return _neg_errno(e)
+                except Exception:
+                    if func.__name__ == "init_fuse_3":
+                        raise
+                    log.exception("vnodefs: %s raised; returning EIO", func.__name__)
+                    return -errno.EIO
+            return self._traced(op, func, args)
+        except BaseException as e:  # SystemExit/KeyboardInterrupt inside a callback: stop the mount
+            self._FUSE__critical_exception = e
+            log.critical("vnodefs: fatal error in %s; unmounting", func.__name__, exc_info=True)
+            mfusepy.fuse_exit()
+            return -errno.EFAULT
+
+    def _traced(self, op, func, args):
+        ctx = _get_ctx().contents
+        pid, uid = ctx.pid, ctx.uid
+        t0 = _mono()
+        delay = 0
+        flags = 0
+        offset = length = 0
+        fid = 0
+        if op == _READ or op == _WRITE:  # (path, buf, size, offset, fip)
+            length, offset = args[2], args[3]
+            fid = self.fid_of_fd.get(args[4].contents.fh, 0)
+            delay, seeked = self.latency.charge(fid, offset, length)
+            if seeked:
+                flags = FLAG_SEEK
+            if delay:
+                _sleep(delay / 1e9)
+        elif op == _OPEN or op == _CREATE:
+            pass
+        else:
+            fip = args[-1]
+            if fip:
+                fid = self.fid_of_fd.get(fip.contents.fh, 0)
+            elif args[0] is not None:
+                fid = self.trace.file_id(args[0].decode(self.encoding, self.errors))
+            if op == _TRUNC:
+                offset = args[1]
+            elif op == _FALLOC:
+                offset, length = args[2], args[3]
+        try:
+            result = func(*args) or 0
+        except OSError as e:
+            result = _neg_errno(e)
+        except Exception:
+            log.exception("vnodefs: %s raised; returning EIO", func.__name__)
+            result = -errno.EIO
+        if op == _OPEN or op == _CREATE:
+            fip = args[-1]
+            fid = self.fid_of_fd.get(fip.contents.fh, 0) if result == 0 else \
+                self.trace.file_id(args[0].decode(self.encoding, self.errors))
+        self.trace.record(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags)
+        return result
+
+    # -- zero-copy data path -------------------------------------------------------------------
+    def read(self, path, buf, size, offset, fip):
+        fd = fip.contents.fh
+        view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
+        got = os.preadv(fd, [view], offset)
+        while 0 < got < size:  # a short read before EOF would read as zeros: finish it
+            n = os.preadv(fd, [view[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def write(self, path, buf, size, offset, fip):
+        fd = fip.contents.fh
+        view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
+        done = os.pwrite(fd, view, offset)
+        while done < size:
+            done += os.pwrite(fd, view[done:], offset + done)
+        return done
+
+    # -- operations mfusepy would get slightly wrong for a passthrough ----------------------------
+    def rename_fuse_3(self, old, new, flags):
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
+
+    def truncate_fuse_3(self, path, length, fip):
+        fh = fip.contents if fip else None
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
+                                        length, fh)
+
+    def utimens_fuse_3(self, path, buf, fip):
+        p = path.decode(self.encoding, self.errors)
+        if not buf:
+            return self.operations.utimens(p, None)
+        ts = (buf.contents.actime, buf.contents.modtime)
+        if any(t.tv_nsec in (_UTIME_NOW, _UTIME_OMIT) for t in ts):
+            st = os.lstat(self.operations.root + p)
+            now = time.time_ns()
+            cur = (st.st_atime_ns, st.st_mtime_ns)
+            vals = tuple(now if t.tv_nsec == _UTIME_NOW else cur[i] if t.tv_nsec == _UTIME_OMIT
+                         else t.tv_sec * 10**9 + t.tv_nsec for i, t in enumerate(ts))
+        else:
+            vals = tuple(t.tv_sec * 10**9 + t.tv_nsec for t in ts)
+        return self.operations.utimens(p, vals)
+
+
+def describe_libfuse() -> str:
+    return f"libfuse {mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}"
+
+
+if mfusepy.fuse_version_major != 3:  # pragma: no cover - depends on the host
+    print("vnodefs: libfuse 3 is required (Debian package libfuse3-3); mfusepy loaded libfuse "
+          f"{mfusepy.fuse_version_major}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""`vnodefs run`: run one command against a fresh vnodefs mount and report what reached the disk.
+
+Owns: `run_command(...) -> (exit_status, summary dict)`, `default_trace_path(kind)`.
+Called by vnodefs.cli (and usable by the wiring layer of other packages).
+
+Flow: validate -> mount SOURCE on a fresh temporary mount point -> run COMMAND as a child with
+`{mnt}` in its arguments replaced by the mount point and VNODEFS_MNT set -> os.wait4 for its
+status and rusage (ru_majflt covers the command and every descendant it waited for) -> unmount
+(always, even on error or Ctrl-C) -> load the trace and summarize it.
+
+Trace location: `--trace FILE` if given, else `./vnodefs-run-YYYYmmdd-HHMMSS.vtrace` in the current
+directory (like perf.data; printed in the summary and in the JSON), or in $TMPDIR when the current
+directory is not writable (also printed). `--no-trace` keeps nothing (the summary is then empty).
+
+Exit status: COMMAND's status; 128+N if it died of signal N; 127 if it could not be started.
+Caveats: while COMMAND runs, SIGINT is left to the command (it shares the terminal's process group)
+and SIGTERM is forwarded to it; the mount is removed afterwards either way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from vnodefs.mount import MountError, mounted, validate
+from vnodefs.summary import summarize
+from vnodefs.trace import load
+
+
+class CommandNotFound(MountError):
+    """COMMAND could not be started (exit status 127)."""
+
+
+def default_trace_path(kind: str = "run") -> tuple[str, str | None]:
+    """(path, note): ./vnodefs-<kind>-<time>.vtrace, or a $TMPDIR path with a note saying so."""
+    name = f"vnodefs-{kind}-{time.strftime('%Y%m%d-%H%M%S')}.vtrace"
+    if os.access(".", os.W_OK):
+        return os.path.abspath(name), None
+    path = os.path.join(tempfile.gettempdir(), name)
+    return path, f"the current directory is not writable; the trace goes to {path}"
+
+
+def substitute(args: list[str], mnt: str) -> list[str]:
+    return [a.replace("{mnt}", mnt) for a in args]
+
+
+def run_command(source: str, command: list[str], trace: str | None, latency: str = "none",
+                cache: str = "page", read_only: bool = False, env: dict | None = None,
+                log=lambda msg: None) -> tuple[int, dict]:
+    """Run `command` against a fresh mount of `source`; return (exit status, summary dict).
+    Raises MountError for bad input or a failed mount (nothing is left mounted)."""
+    if not command:
+        raise MountError("no command given: put it after --, e.g. vnodefs run SRC -- cat {mnt}/file")
+    exe = command[0]
+    if "{mnt}" not in exe and (shutil.which(exe) is None if os.sep not in exe else not os.path.exists(exe)):
+        raise CommandNotFound(f"command not found: {exe}")
+    # validate against an empty directory before we mount (mounted() validates again)
+    with tempfile.TemporaryDirectory(prefix="vnodefs-check-") as empty:
+        validate(source, empty, trace, latency, cache)
+    status = 0
+    ru = None
+    t0 = t1 = 0.0
+    with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only) as m:
+        mnt = m.mountpoint
+        argv = substitute(command, mnt)
+        child_env = dict(os.environ if env is None else env)
+        child_env["VNODEFS_MNT"] = mnt
+        exe = argv[0]
+        log(f"vnodefs run: {source} mounted on {mnt} (cache {cache}, latency {latency}); running {' '.join(argv)}")
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(argv, env=child_env)
+        except OSError as e:
+            raise CommandNotFound(f"cannot run {exe}: {e.strerror}") from None
+        old_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(signal.SIGTERM))
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            while True:
+                try:
+                    _, wstatus, ru = os.wait4(proc.pid, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+            proc.returncode = 0  # reaped by wait4; keep Popen from waiting again
+        t1 = time.monotonic()
+        if os.WIFSIGNALED(wstatus):
+            status = 128 + os.WTERMSIG(wstatus)
+        else:
+            status = os.waitstatus_to_exitcode(wstatus)
+    summary = {}
+    if trace is not None:
+        summary = summarize(load(trace))
+    summary.update({
+        "wall_s": t1 - t0,
+        "exit_status": status,
+        "major_faults": int(ru.ru_majflt) if ru is not None else 0,
+        "minor_faults": int(ru.ru_minflt) if ru is not None else 0,
+        "user_s": float(ru.ru_utime) if ru is not None else 0.0,
+        "system_s": float(ru.ru_stime) if ru is not None else 0.0,
+        "command": command,
+        "source": os.path.abspath(source),
+        "trace": trace,
+    })
+    for key in ("requests", "bytes_read", "pages_read"):
+        summary.setdefault(key, 0)
+    return status, summary

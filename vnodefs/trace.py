@@ -1,0 +1,373 @@
+"""The vnodefs trace: record layout, the append-only writer, and the loader.
+
+Owns: the on-disk trace format (docs/vnodefs-trace-format.md is its specification), `RECORD_DTYPE`
+(one 64-byte request record), `PATH_DTYPE` (the same 64 bytes read as a file-table chunk), the op
+codes `OPS` / `OP_NAMES`, `TraceWriter` (used by the FUSE dispatcher, vnodefs.fuseops) and
+`load(path) -> Trace` (used by vnodefs.summary, vnodefs.cli and the rest of the project).
+
+File layout (little-endian):
+
+    MAGIC (8 bytes b"VNODTRC\\0") | version u32 | header_len u32 | header JSON (header_len bytes,
+    padded with spaces so records start at a multiple of 64) | 64-byte records ...
+
+Every record is either a request (op in OPS) or a file-table chunk (op == OP_PATH = 255) that
+carries up to 48 bytes of a file's path relative to the mount root. A file's path chunks are
+appended before the first request that names the file, in the same buffer, so any whole-record
+prefix of a trace (a daemon killed mid-write) still resolves every file id it holds.
+
+Invariants:
+  * the writer only appends whole records; the loader accepts a trailing partial record (a crash)
+    with a warning and drops it;
+  * file ids are small integers assigned in first-use order, one per path (a renamed file gets a
+    new id at its next open);
+  * `dur_ns` includes `delay_ns` (the latency model's sleep); times are CLOCK_MONOTONIC ns, the
+    header's `start_monotonic_ns` / `start_unix_ns` relate them to wall time;
+  * pid 0 means the kernel (writeback, release): such records are kept and labelled "kernel".
+
+Caveats:
+  * The writer serialises appends under one small lock (a struct.pack_into into a preallocated
+    numpy-backed buffer, about a microsecond); file writes happen outside that lock, in blocks.
+  * Records are written in completion order; `load` sorts them by `start_ns` (stable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+MAGIC = b"VNODTRC\0"
+VERSION = 1
+RECORD_SIZE = 64
+PATH_CHUNK = 48
+OP_PATH = 255
+
+#: request op codes (name -> code); code 0 is never used, 255 is the file-table chunk
+OPS: dict[str, int] = {
+    "read": 1,
+    "write": 2,
+    "truncate": 3,
+    "fsync": 4,
+    "open": 5,
+    "release": 6,
+    "create": 7,
+    "flush": 8,
+    "fallocate": 9,
+}
+#: code -> name
+OP_NAMES: dict[int, str] = {v: k for k, v in OPS.items()}
+
+RECORD_DTYPE = np.dtype({
+    "names": ["start_ns", "dur_ns", "delay_ns", "offset", "length", "result",
+              "pid", "uid", "file", "op", "flags", "reserved"],
+    "formats": ["<i8", "<i8", "<i8", "<i8", "<i8", "<i8", "<i4", "<u4", "<u4", "u1", "u1", "<u2"],
+    "offsets": [0, 8, 16, 24, 32, 40, 48, 52, 56, 60, 61, 62],
+    "itemsize": RECORD_SIZE,
+})
+PATH_DTYPE = np.dtype({
+    "names": ["chunk_bytes", "path_len", "chunk", "file", "op", "flags", "reserved"],
+    "formats": ["S48", "<u4", "<u4", "<u4", "u1", "u1", "<u2"],
+    "offsets": [0, 48, 52, 56, 60, 61, 62],
+    "itemsize": RECORD_SIZE,
+})
+PAGES_DTYPE = np.dtype([("t_ns", "<i8"), ("pid", "<i4"), ("op", "u1"), ("file", "<u4"), ("page", "<i8")])
+
+#: flag bits of a request record
+FLAG_SEEK = 1  # the latency model charged a seek (the request did not continue the previous one)
+
+_REC = struct.Struct("<qqqqqqiIIBBH")
+_PATH = struct.Struct("<48sIIIBBH")
+_PREFIX = struct.Struct("<8sII")
+assert _REC.size == RECORD_SIZE and _PATH.size == RECORD_SIZE
+
+
+def encode_header(header: dict) -> bytes:
+    """MAGIC + version + length + JSON header, padded to a multiple of RECORD_SIZE."""
+    body = json.dumps(header, sort_keys=True).encode()
+    total = _PREFIX.size + len(body)
+    pad = (-total) % RECORD_SIZE
+    body += b" " * pad
+    return _PREFIX.pack(MAGIC, VERSION, len(body)) + body
+
+
+def path_records(file_id: int, path: str) -> bytes:
+    """The file-table chunks for one file id (at least one record, even for an empty path)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    out = []
+    for i, start in enumerate(range(0, max(len(raw), 1), PATH_CHUNK)):
+        out.append(_PATH.pack(raw[start:start + PATH_CHUNK], len(raw), i, file_id, OP_PATH, 0, 0))
+    return b"".join(out)
+
+
+class TraceWriter:
+    """Append-only trace writer, shared by every FUSE worker thread.
+
+    `record(...)` packs one request into a preallocated buffer under a tiny lock; a full buffer is
+    handed to the file outside that lock. `file_id(path)` assigns ids and queues the path chunks.
+    Nothing reaches the file before `start(header)` writes the header (the mount must be ready to
+    know the readahead setting); `flush()` writes what is buffered; `close()` flushes and closes.
+    A background thread flushes every `flush_interval` seconds so a killed daemon loses little.
+    `path=None` makes a writer that assigns file ids but stores nothing (tracing off).
+    """
+
+    def __init__(self, path: str | None, capacity: int = 16384, flush_interval: float = 0.5):
+        self.path = path
+        self.enabled = path is not None
+        self._fd = -1
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._cap = capacity
+        self._buf = bytearray(capacity * RECORD_SIZE)
+        self._n = 0  # records in _buf
+        self._lock = threading.Lock()  # guards _buf/_n/_ids
+        self._io_lock = threading.Lock()  # orders blocks written to the file
+        self._pending: list[bytes] = []  # blocks waiting for the header
+        self._started = False
+        self._ids: dict[str, int] = {}
+        self._next_id = 1
+        self.records_written = 0
+        self._interval = flush_interval
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    # -- ids ------------------------------------------------------------------------------------
+    def file_id(self, path: str) -> int:
+        """The id of `path` (a mount path, "/dir/name"), assigning one on first use and queuing its
+        file-table chunks (stored without the leading "/") ahead of any request that uses it."""
+        fid = self._ids.get(path)
+        if fid is not None:
+            return fid
+        with self._lock:
+            fid = self._ids.get(path)
+            if fid is None:
+                fid = self._next_id
+                self._next_id += 1
+                self._ids[path] = fid
+                if self.enabled:
+                    self._append_raw(path_records(fid, path.lstrip("/")))
+            return fid
+
+    def forget_path(self, path: str) -> None:
+        """`path` no longer names the file it named (rename, unlink): its next use gets a new id."""
+        with self._lock:
+            self._ids.pop(path, None)
+
+    # -- records --------------------------------------------------------------------------------
+    def record(self, start_ns: int, dur_ns: int, delay_ns: int, offset: int, length: int, result: int,
+               pid: int, uid: int, file: int, op: int, flags: int = 0) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            n = self._n
+            _REC.pack_into(self._buf, n * RECORD_SIZE, start_ns, dur_ns, delay_ns, offset, length, result,
+                           pid, uid & 0xFFFFFFFF, file, op, flags, 0)
+            n += 1
+            self._n = n
+            if n < self._cap:
+                return
+            self._swap_locked()
+        self._drain()
+
+    def _append_raw(self, data: bytes) -> None:
+        """Append whole records (called with _lock held; the caller's next drain writes them)."""
+        k = len(data) // RECORD_SIZE
+        if self._n + k > self._cap:
+            self._swap_locked()
+        if k > self._cap:
+            self._pending.append(bytes(data))
+            return
+        off = self._n * RECORD_SIZE
+        self._buf[off:off + len(data)] = data
+        self._n += k
+
+    def _swap_locked(self) -> None:
+        """Queue the buffered records as one block (called with _lock held); blocks are written in
+        queue order, so a file's path chunks always precede the requests that name it."""
+        if self._n:
+            self._pending.append(bytes(self._buf[: self._n * RECORD_SIZE]))
+            self._n = 0
+
+    def _drain(self, swap: bool = False) -> None:
+        with self._io_lock:
+            if not self._started:
+                return
+            with self._lock:
+                if swap:
+                    self._swap_locked()
+                pending, self._pending = self._pending, []
+            for block in pending:
+                self._write_all(block)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.records_written += len(data) // RECORD_SIZE
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, header: dict) -> None:
+        """Write the header and anything buffered so far; start the periodic flusher."""
+        if not self.enabled:
+            self._started = True
+            return
+        with self._io_lock:
+            os.write(self._fd, encode_header(header))
+            self._started = True
+        self.flush()
+        if self._interval and self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="vnodefs-trace-flush", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.flush()
+            except OSError:
+                return
+
+    def flush(self) -> None:
+        """Write every buffered record (no-op before start())."""
+        if self.enabled:
+            self._drain(swap=True)
+
+    def close(self, header: dict | None = None) -> None:
+        """Flush and close; if the header was never written (the mount never became ready), write
+        `header` first when given, else leave the file empty."""
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        if not self.enabled:
+            return
+        if not self._started and header is not None:
+            self.start(header)
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+@dataclass
+class Trace:
+    """A loaded trace: `records` (RECORD_DTYPE, start-time order), `files` (id -> path relative to
+    the mount root), `header` (dict), `path`, `truncated` (a partial trailing record was dropped)."""
+
+    records: np.ndarray
+    files: dict[int, str]
+    header: dict
+    path: str = ""
+    truncated: bool = False
+    page_size: int = field(default=4096)
+
+    def op_mask(self, ops: Iterable[str] | str) -> np.ndarray:
+        """Boolean mask of records whose op is one of `ops` (names from OPS)."""
+        if isinstance(ops, str):
+            ops = (ops,)
+        codes = []
+        for name in ops:
+            if name not in OPS:
+                raise ValueError(f"unknown op {name!r}; known: {', '.join(OPS)}")
+            codes.append(OPS[name])
+        return np.isin(self.records["op"], np.array(codes, dtype=np.uint8))
+
+    def expand_pages(self, ops: Iterable[str] | str = ("read",), page_size: int | None = None) -> np.ndarray:
+        """One row (t_ns, pid, op, file, page) per page touched by each selected request, in request
+        (start-time) order. The bytes a request touched are [offset, offset + n) where n is the
+        result for reads and writes that succeeded (short reads at EOF touch fewer pages), the
+        requested length for other ops; failed requests (result < 0) and empty ones touch none."""
+        ps = int(page_size or self.page_size)
+        r = self.records[self.op_mask(ops)]
+        n = np.where(r["result"] >= 0, r["length"], 0).astype(np.int64)
+        rw = np.isin(r["op"], np.array([OPS["read"], OPS["write"]], dtype=np.uint8))
+        n = np.where(rw & (r["result"] >= 0), np.minimum(r["result"], r["length"]), n)
+        keep = n > 0
+        r, n = r[keep], n[keep]
+        first = r["offset"] // ps
+        last = (r["offset"] + n - 1) // ps
+        count = (last - first + 1).astype(np.int64)
+        total = int(count.sum())
+        out = np.empty(total, dtype=PAGES_DTYPE)
+        if total == 0:
+            return out
+        idx = np.repeat(np.arange(r.size), count)
+        starts = np.cumsum(count) - count
+        within = np.arange(total, dtype=np.int64) - np.repeat(starts, count)
+        out["t_ns"] = r["start_ns"][idx]
+        out["pid"] = r["pid"][idx]
+        out["op"] = r["op"][idx]
+        out["file"] = r["file"][idx]
+        out["page"] = first[idx] + within
+        return out
+
+    def op_names(self) -> np.ndarray:
+        """The op name of every record (a numpy str array), for display."""
+        names = np.array(["?"] + [OP_NAMES.get(i, str(i)) for i in range(1, 256)], dtype=object)
+        return names[self.records["op"]]
+
+
+def read_header(path: str) -> tuple[dict, int]:
+    """(header dict, offset of the first record); ValueError naming the file if it is not a trace."""
+    try:
+        with open(path, "rb") as fh:
+            prefix = fh.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
+                raise ValueError(f"{path} is not a vnodefs trace (bad magic)")
+            _, version, hlen = _PREFIX.unpack(prefix)
+            if version != VERSION:
+                raise ValueError(f"{path} is a vnodefs trace of version {version}; this vnodefs reads version {VERSION}")
+            body = fh.read(hlen)
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a vnodefs trace") from None
+    if len(body) < hlen:
+        raise ValueError(f"{path}: vnodefs trace header is truncated ({len(body)} of {hlen} bytes)")
+    try:
+        header = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: vnodefs trace header is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: vnodefs trace header is not a JSON object")
+    return header, _PREFIX.size + hlen
+
+
+def load(path: str | os.PathLike) -> Trace:
+    """Load a trace file. Raises FileNotFoundError / ValueError (one line naming the file) for a
+    missing file or one that is not a vnodefs trace; warns (and drops it) for a partial last record."""
+    path = os.fspath(path)
+    header, start = read_header(path)
+    size = os.path.getsize(path)
+    nrec, tail = divmod(size - start, RECORD_SIZE)
+    truncated = tail != 0
+    if truncated:
+        warnings.warn(f"{path}: trace is truncated (a crash?): loaded {nrec} whole records, "
+                      f"dropped a partial record of {tail} bytes", RuntimeWarning, stacklevel=2)
+    raw = np.fromfile(path, dtype=RECORD_DTYPE, count=nrec, offset=start)
+    is_path = raw["op"] == OP_PATH
+    files = _file_table(raw[is_path].view(PATH_DTYPE))
+    recs = raw[~is_path]
+    order = np.argsort(recs["start_ns"], kind="stable")
+    recs = recs[order]
+    return Trace(records=recs, files=files, header=header, path=path, truncated=truncated,
+                 page_size=int(header.get("page_size", 4096)))
+
+
+def _file_table(chunks: np.ndarray) -> dict[int, str]:
+    parts: dict[int, dict[int, bytes]] = {}
+    lengths: dict[int, int] = {}
+    for c in chunks:
+        fid = int(c["file"])
+        # S48 strips trailing NULs; a path never contains NUL, so the chunk is exact
+        parts.setdefault(fid, {})[int(c["chunk"])] = bytes(c["chunk_bytes"])
+        lengths[fid] = int(c["path_len"])
+    out = {}
+    for fid, ch in parts.items():
+        raw = b"".join(ch[i] for i in sorted(ch))[: lengths[fid]]
+        out[fid] = raw.decode("utf-8", "surrogateescape")
+    return out
