@@ -108,14 +108,9 @@ def _vnodefs_trace_module():
     return vtrace if hasattr(vtrace, "load") else None
 
 
-def _is_vnodefs_trace(path: str, head: bytes) -> bool:
+def _is_vnodefs_trace(head: bytes) -> bool:
     vtrace = _vnodefs_trace_module()
-    if vtrace is None:
-        return False
-    magic = getattr(vtrace, "MAGIC", None)
-    if isinstance(magic, (bytes, bytearray)) and magic:
-        return head.startswith(bytes(magic))
-    return False
+    return vtrace is not None and head.startswith(vtrace.MAGIC)
 
 
 def load_trace(path: str, page_size: int, ops: tuple[str, ...] = ("read", "write"), pid: int | None = None):
@@ -131,7 +126,7 @@ def load_trace(path: str, page_size: int, ops: tuple[str, ...] = ("read", "write
         raise TraceError(f"trace file {path} is a directory") from None
     except OSError as e:
         raise TraceError(f"cannot read trace file {path}: {e.strerror or e}") from None
-    if not _is_vnodefs_trace(path, head):
+    if not _is_vnodefs_trace(head):
         if pid is not None:
             raise TraceError(f"--pid applies to vnodefs traces only; {path} is a text or numpy trace")
         return load(path, page_size)
@@ -139,46 +134,36 @@ def load_trace(path: str, page_size: int, ops: tuple[str, ...] = ("read", "write
 
 
 def _load_vnodefs(path, page_size, ops, pid, AccessTrace, TraceError):
+    """Expand a vnodefs trace's read/write requests into page accesses (vnodefs.trace.Trace
+    .expand_pages, at the replay's page size: the byte ranges are exact, so any page size works)."""
+    import warnings
+
     import numpy as np
 
     vtrace = _vnodefs_trace_module()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tr = vtrace.load(path)
+        except (ValueError, OSError) as e:
+            raise TraceError(f"cannot read vnodefs trace {path}: {e}") from None
+    for w in caught:  # e.g. a trace cut short by a crash: say so in one line, replay what is there
+        print(f"{PROG} replay: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     try:
-        tr = vtrace.load(path)
-    except Exception as e:  # the reader's own error, reported in one line
-        raise TraceError(f"cannot read vnodefs trace {path}: {e}") from None
-    hdr_ps = None
-    header = getattr(tr, "header", None)
-    if isinstance(header, dict):
-        hdr_ps = header.get("page_size")
-    if hdr_ps is not None and int(hdr_ps) != page_size:
-        raise TraceError(f"{path} was recorded with {hdr_ps}-byte pages; replay it with --page-size {hdr_ps}")
-    try:
-        pages = tr.expand_pages(ops=tuple(ops))
-    except (ValueError, KeyError) as e:
-        raise TraceError(f"{path}: cannot expand requests into pages: {e}") from None
+        pages = tr.expand_pages(ops=tuple(ops), page_size=page_size)
+    except ValueError as e:  # an unknown op name
+        raise TraceError(f"{path}: {e}") from None
     if pid is not None:
         pages = pages[pages["pid"] == pid]
-    op = pages["op"]
-    if op.dtype.kind in "US":
-        is_write = op == ("write" if op.dtype.kind == "U" else b"write")
-    else:
-        codes = getattr(vtrace, "OPS", None) or getattr(vtrace, "OP_CODES", None)
-        wcode = None
-        if isinstance(codes, dict):
-            wcode = codes.get("write")
-            if wcode is None:  # maybe code -> name
-                wcode = next((c for c, n in codes.items() if n == "write"), None)
-        elif isinstance(codes, (list, tuple)) and "write" in codes:
-            wcode = codes.index("write")
-        is_write = (op == wcode) if wcode is not None else np.zeros(op.size, dtype=np.bool_)
+    is_write = pages["op"] == vtrace.OPS["write"]
     fids = pages["file"].astype(np.int64)
-    uniq, dense = np.unique(fids, return_inverse=True) if fids.size else (np.zeros(0, np.int64), fids)
-    files = getattr(tr, "files", {}) or {}
-    names = []
-    for u in uniq.tolist():
-        name = files.get(u) if isinstance(files, dict) else (files[u] if 0 <= u < len(files) else None)
-        names.append(str(name) if name is not None else f"file{u}")
-    # two ids with one path (reopened file) stay separate regions; make their names distinct
+    if fids.size:
+        uniq, dense = np.unique(fids, return_inverse=True)
+    else:
+        uniq, dense = np.zeros(0, np.int64), fids
+    files = tr.files or {}
+    names = [files.get(int(u), f"file{int(u)}") for u in uniq]
+    # two ids for one path (a file renamed or re-created under the mount) stay separate regions
     seen: set[str] = set()
     for i, n in enumerate(names):
         if n in seen:

@@ -254,11 +254,16 @@ def _misses(delta: dict[str, int]) -> int:
 
 
 def replay(kernel, trace: AccessTrace, *, task=None, chunk: int = CHUNK,
-           progress: Callable[[int, int], None] | None = None, name: str = "replay") -> ReplayResult:
+           progress: Callable[[int, int], None] | None = None, name: str = "replay",
+           warmup: int = 0) -> ReplayResult:
     """Replay `trace` through one task of `kernel` (a new task named `name` unless `task` is given)
-    and return the counters. `progress(done, total)` is called after every chunk."""
+    and return the counters. `progress(done, total)` is called after every chunk. The first
+    `warmup` accesses are replayed but left out of the counters, `accesses`, `misses` and the
+    wall time (a steady-state measurement); `footprint` is always that of the whole trace."""
     if chunk < 1:
         raise InvalidArgument(f"replay chunk must be >= 1, got {chunk}")
+    if not 0 <= warmup <= len(trace):
+        raise InvalidArgument(f"replay warmup {warmup} is not within the trace's {len(trace)} accesses")
     ps = kernel.page_size
     if task is None:
         task = kernel.task_create(name=name)
@@ -273,14 +278,19 @@ def replay(kernel, trace: AccessTrace, *, task=None, chunk: int = CHUNK,
         bases[i] = addr
         regions[fname] = (int(addr), size)
     total = len(trace)
+
+    def run(start: int, stop: int) -> None:
+        for lo in range(start, stop, chunk):
+            hi = min(lo + chunk, stop)
+            addrs = bases[trace.file[lo:hi]] + trace.page[lo:hi] * ps
+            task.access(addrs, trace.write[lo:hi] if trace.write is not None else False)
+            if progress is not None:
+                progress(hi, total)
+
+    run(0, warmup)
     before = kernel.vm_stat()
     t0 = time.perf_counter()
-    for lo in range(0, total, chunk):
-        hi = min(lo + chunk, total)
-        addrs = bases[trace.file[lo:hi]] + trace.page[lo:hi] * ps
-        task.access(addrs, trace.write[lo:hi] if trace.write is not None else False)
-        if progress is not None:
-            progress(hi, total)
+    run(warmup, total)
     wall = time.perf_counter() - t0
     after = kernel.vm_stat()
     events = _event_keys()
@@ -289,7 +299,7 @@ def replay(kernel, trace: AccessTrace, *, task=None, chunk: int = CHUNK,
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
             continue
         counters[k] = int(v) - int(before.get(k, 0)) if k in events else int(v)
-    return ReplayResult(total, _misses(counters), counters, trace.footprint(), wall, regions, task)
+    return ReplayResult(total - warmup, _misses(counters), counters, trace.footprint(), wall, regions, task)
 
 
 def replay_file(kernel, path: str, **kw) -> ReplayResult:

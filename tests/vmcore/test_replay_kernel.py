@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from vmcore.cli import Progress, main
+from vmcore.errors import InvalidArgument
 from vmcore.kernel import Kernel
 from vmcore.policy import simulate
 from vmcore.replay import AccessTrace, load, replay
@@ -216,3 +217,15 @@ def test_installed_command_with_progress(tmp_path):
     r = subprocess.run(cmd + ["replay", str(trace), "--memory", "1MiB", "--policy", "nope"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+
+
+def test_warmup_is_replayed_but_not_counted():
+    pages = np.concatenate([np.arange(100), np.random.default_rng(0).integers(0, 100, 5000)])
+    tr = AccessTrace.from_pages(pages)
+    k = Kernel(memory=128 * PS, page_size=PS, policy="lru")
+    res = replay(k, tr, warmup=100)
+    assert res.accesses == 5000 and res.misses == 0 and res.counters["Pages zero filled"] == 0
+    assert res.footprint == 100 and res.counters["Pages active"] == 100
+    k.close()
+    with pytest.raises(InvalidArgument, match="warmup"):
+        replay(Kernel(memory=128 * PS, page_size=PS, policy="lru"), tr, warmup=len(tr) + 1)
