@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
-
+from vnodefs import trace as vtrace
 from vmcore.cli import load_trace, main
-
-vtrace = pytest.importorskip("vnodefs.trace", reason="vnodefs.trace is part of this distribution")
 
 PS = 4096
 
