@@ -84,10 +84,10 @@ class SwapPager(Pager):
             raise ValueError(f"unaligned offset {offset} or empty page list")
 
     def _dead(self) -> str | None:
-        if not self.alive:
-            return "swap pager used after terminate()"
         if self.pool.closed:
             return f"swap pool {self.pool.directory} is closed"
+        if not self.alive:
+            return "swap pager used after terminate()"
         return None
 
     def _fail(self, msg: str) -> None:

@@ -342,7 +342,7 @@ class SwapPool:
         used_clusters = f.nclusters - f.free_clusters
         cp = self.cluster_pages
         refusal = None
-        if f.damaged is None:
+        if f.healthy():  # a damaged file holds nothing readable: it is removed without a check
             refusal = wm.swapoff_refusal(
                 free_pages_elsewhere=self.space.free_clusters(exclude=f) * cp,
                 file_used_pages=used_clusters * cp, file_name=name,
@@ -509,9 +509,7 @@ class SwapPool:
             if self.closed:
                 return
             self.closed = True
-            for p in list(self._pagers.values()):
-                p.alive = False
-            self._pagers.clear()
+            self._pagers.clear()  # their calls now answer ERROR ("pool is closed")
             for f in list(self.space):
                 try:
                     f.unlink()
