@@ -266,9 +266,12 @@ class SwapPager(Pager):
                     retry.extend(sub)
                     continue
                 except OSError as e:
-                    f.free(fc, len(sub))
-                    self._write_failed(e, f, first_i, len(sub) * cp, res)
-                    continue
+                    # keep the clusters that were written whole before the failure (ENOSPC
+                    # midway through a run), give the rest back
+                    kept = min(getattr(e, "written", 0) // cb, len(sub))
+                    f.free(fc + kept, len(sub) - kept)
+                    self._write_failed(e, f, first_i + kept * cp, (len(sub) - kept) * cp, res)
+                    sub = sub[:kept]
                 for q2, (ocl, i) in enumerate(sub):
                     self._set(ocl, make_loc(f.number, fc + q2), self._full, free_later)
                     self._unlose(ocl * cp, cp)

@@ -203,24 +203,31 @@ class SwapFile:
 
     def write(self, offset: int, bufs: Sequence) -> None:
         """pwritev `bufs` at byte `offset` (whole pages), retrying short writes; OSError (ENOSPC,
-        EIO) propagates. One system call per IOV_MAX buffers in the normal case."""
+        EIO) propagates with `.written` = how many leading bytes did reach the file. One system
+        call per IOV_MAX buffers in the normal case."""
         self.check()
         fd = self.fd
         i = 0
         n = len(bufs)
-        while i < n:
-            chunk = bufs[i:i + IOV_MAX]
-            want = len(chunk) * self.page_size
-            done = os.pwritev(fd, chunk, offset)
-            if done < want:  # a short write: finish page by page so ENOSPC surfaces as an error
-                while done < want:
+        total = 0
+        try:
+            while i < n:
+                chunk = bufs[i:i + IOV_MAX]
+                want = len(chunk) * self.page_size
+                done = os.pwritev(fd, chunk, offset)
+                total += done
+                while done < want:  # a short write: go on page by page so ENOSPC surfaces
                     page, rest = divmod(done, self.page_size)
                     got = os.pwrite(fd, memoryview(chunk[page]).cast("B")[rest:], offset + done)
                     if got <= 0:
                         raise OSError(errno.EIO, f"short write to {self.path}")
                     done += got
-            offset += want
-            i += IOV_MAX
+                    total += got
+                offset += want
+                i += IOV_MAX
+        except OSError as e:
+            e.written = total  # bytes of `bufs` that did reach the file, from the start
+            raise
 
     def read(self, offset: int, bufs: Sequence) -> None:
         """preadv whole pages at byte `offset` into `bufs`; holes read as zeros. A short read means
