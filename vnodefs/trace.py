@@ -165,6 +165,9 @@ class TraceWriter:
             return
         with self._lock:
             n = self._n
+            if n >= self._cap:  # filled by file-table chunks
+                self._swap_locked()
+                n = 0
             _REC.pack_into(self._buf, n * RECORD_SIZE, start_ns, dur_ns, delay_ns, offset, length, result,
                            pid, uid & 0xFFFFFFFF, file, op, flags, 0)
             n += 1
