@@ -257,6 +257,7 @@ def _do_collapse(kernel: "Kernel", obj: VMObject, backing: VMObject) -> None:
     off = obj.shadow_offset
     n = obj.npages
     pm = kernel.pm
+    own = set(obj.pages)  # pages obj had before the move: the only ones newer than backing's pager
     # pages the parent already has (resident, or in its pager) win
     for p, f in list(backing.pages.items()):
         q = p - off
@@ -278,9 +279,9 @@ def _do_collapse(kernel: "Kernel", obj: VMObject, backing: VMObject) -> None:
             stale = []
             for p in backing.existence:
                 q = p - off
-                if 0 <= q < n and q not in obj.pages:
+                if 0 <= q < n and q not in own:
                     keep.add(q)
-                elif not (0 <= q < n):
+                else:  # outside obj's window, or shadowed by obj's own newer page
                     stale.append(p)
             obj.existence = keep
             for p in stale:
