@@ -32,10 +32,11 @@ frames and never exceeds `nframes`.
 
 Implementation: per-frame numpy arrays (LRU: last-access stamp; clock: reference bit), so
 `referenced` is one or two numpy calls per batch (fifo: none); the insertion generation of each
-frame (-1 when untracked) is a plain list, read one frame at a time on the eviction path. LRU keeps a lazily cleaned binary heap of `stamp << 32 | frame` keys: hits do not touch
-the heap; a popped key whose stamp is stale is pushed again with the frame's current stamp, which
-keeps each frame with one live key and `select_victim` at O(log n) amortised. FIFO and clock keep
-a deque of `generation << 32 | frame` keys; keys of removed frames are skipped when they surface.
+frame (-1 when untracked) is a plain list, read one frame at a time on the eviction path. LRU
+evicts from a sorted batch of the k oldest frames built with one np.argpartition over the stamps
+and checked lazily against them (see LRUPolicy), so neither hits nor evictions cost a Python-level
+heap operation. FIFO and clock keep a deque of `generation << 32 | frame` keys; keys of removed
+frames are skipped when they surface and compacted when they pile up.
 
 Caveats:
   * `referenced` ignores frames that are not tracked (e.g. hits on wired pages, which the kernel
@@ -50,7 +51,6 @@ Caveats:
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 
 import numpy as np
@@ -149,25 +149,34 @@ class ReplacementPolicy:
 
 
 class LRUPolicy(ReplacementPolicy):
-    """Least recently used: a last-access stamp per frame and a lazily cleaned heap of stamps."""
+    """Least recently used: a last-access stamp per frame, and a sorted batch of the oldest frames.
+
+    `_stamp[f]` is the stamp of f's last access (UNTRACKED while f holds no tracked page; hits on
+    untracked frames leave it so, because `np.maximum.at` never lowers it). Victims come from
+    `_oldest`, a deque of `stamp << 32 | frame` keys: the k smallest stamps at the moment it was
+    built, in increasing order. A key whose frame has been accessed (or evicted, or removed) since
+    then no longer matches `_stamp` and is skipped. The first matching key is the true LRU frame:
+    every frame outside the batch had a larger stamp when it was built, stamps only grow, and
+    frames inserted later are newer still. When the batch runs dry it is rebuilt with one
+    `np.argpartition` over the stamps (O(nframes), once per up to k evictions, k = nframes / 16)."""
 
     name = "lru"
+    UNTRACKED = np.iinfo(np.int64).max
 
     def __init__(self, nframes: int):
         super().__init__(nframes)
-        #: last-access stamp per frame (meaningful only while the frame is tracked)
-        self._stamp = np.zeros(self.nframes, dtype=np.int64)
+        self._stamp = np.full(self.nframes, self.UNTRACKED, dtype=np.int64)
         self._clock = 0  # next stamp
-        self._heap: list[int] = []
+        self._oldest: deque[int] = deque()
+        self._batch = max(64, self.nframes // 16)
 
     def _on_insert(self, frame: int, gen: int) -> None:
         stamp = self._clock
         self._clock = stamp + 1
         self._stamp[frame] = stamp
-        if len(self._heap) > 2 * self._count + 64:
-            self._rebuild()  # too many keys of removed frames: compact (this pushes the new frame too)
-        else:
-            heapq.heappush(self._heap, (stamp << _SHIFT) | frame)
+
+    def _on_removed(self, frame: int) -> None:
+        self._stamp[frame] = self.UNTRACKED
 
     def referenced(self, frames: np.ndarray) -> None:
         n = len(frames)
@@ -175,39 +184,38 @@ class LRUPolicy(ReplacementPolicy):
             return
         base = self._clock
         self._clock = base + n
+        # duplicates: the last occurrence carries the largest stamp, and maximum.at is order-free;
+        # untracked frames stay UNTRACKED (the maximum)
         if n == 1:
-            self._stamp[frames] = base
+            f = frames[0]
+            if self._stamp[f] != self.UNTRACKED:
+                self._stamp[f] = base
         else:
-            # duplicates: the last occurrence carries the largest stamp; maximum.at is order-free.
-            # Untracked frames get a stamp too; it is never read (_pick checks the generation and
-            # `inserted` overwrites it).
             np.maximum.at(self._stamp, frames, np.arange(base, base + n, dtype=np.int64))
 
-    def _rebuild(self) -> None:
-        frames = self.tracked_frames()
-        keys = (self._stamp[frames] << _SHIFT) | frames
-        keys.sort()  # a sorted list is a heap
-        self._heap = keys.tolist()
+    def _refill(self) -> None:
+        stamp = self._stamp
+        k = min(self._batch, self._count)
+        if k >= self.nframes:
+            idx = np.arange(self.nframes)
+        else:
+            idx = np.argpartition(stamp, k - 1)[:k]
+        keys = (stamp[idx] << _SHIFT) | idx
+        keys = keys[stamp[idx] != self.UNTRACKED]
+        keys.sort()
+        self._oldest = deque(keys.tolist())
 
     def _pick(self) -> int:
-        heap = self._heap
         stamp_of = self._stamp
-        gen = self._gen
         while True:
-            key = heap[0]
-            frame = key & _MASK
-            if gen[frame] < 0:  # removed (or evicted) since the key was pushed: drop it
-                heapq.heappop(heap)
-                continue
-            cur = int(stamp_of[frame])
-            stamp = key >> _SHIFT
-            if cur == stamp:
-                heapq.heappop(heap)
-                return frame
-            if cur > stamp:  # hit since the key was pushed: re-key it with its current stamp
-                heapq.heapreplace(heap, (cur << _SHIFT) | frame)
-            else:  # a key from an earlier residency of this frame (cannot be older than its own)
-                heapq.heappop(heap)
+            oldest = self._oldest
+            while oldest:
+                key = oldest.popleft()
+                frame = key & _MASK
+                if stamp_of[frame] == key >> _SHIFT:
+                    stamp_of[frame] = self.UNTRACKED
+                    return frame
+            self._refill()
 
 
 class FIFOPolicy(ReplacementPolicy):

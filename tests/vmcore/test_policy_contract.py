@@ -131,8 +131,9 @@ class PolicyContractMixin:
             pol.inserted(v)
         assert len(pol) == 64
         # lazy structures (heap / deque of keys) are compacted, not left to grow with the run
-        lazy = getattr(pol, "_heap", None) or getattr(pol, "_queue", None) or getattr(pol, "_ring", None)
-        assert lazy is not None and len(lazy) <= 2 * 64 + 65
+        for attr in ("_oldest", "_queue", "_ring"):
+            lazy = getattr(pol, attr, None)
+            assert lazy is None or len(lazy) <= 2 * 64 + 65, attr
 
 
 class TestLRUContract(PolicyContractMixin):
