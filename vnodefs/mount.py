@@ -62,15 +62,17 @@ class MountError(Exception):
 
 def check_fuse() -> str | None:
     """None if FUSE can be used here, else one line naming what is missing (and the package)."""
-    if not os.path.exists("/dev/fuse"):
-        return "no FUSE device /dev/fuse (load the fuse kernel module: modprobe fuse; Debian package fuse3)"
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return "/dev/fuse is not readable and writable by this user"
+    dev = os.environ.get("VNODEFS_FUSE_DEVICE", "/dev/fuse")  # tests point this elsewhere
+    if not os.path.exists(dev):
+        return f"no FUSE device {dev} (load the fuse kernel module: modprobe fuse; Debian package fuse3)"
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return f"{dev} is not readable and writable by this user"
     if shutil.which("fusermount3") is None:
         return "fusermount3 not found (install the Debian package fuse3)"
     if os.environ.get("FUSE_LIBRARY_PATH"):
         if not os.path.exists(os.environ["FUSE_LIBRARY_PATH"]):
-            return f"FUSE_LIBRARY_PATH={os.environ['FUSE_LIBRARY_PATH']} does not exist"
+            return (f"libfuse3 not found: FUSE_LIBRARY_PATH={os.environ['FUSE_LIBRARY_PATH']} does not exist "
+                    "(install the Debian package libfuse3-3)")
     elif ctypes.util.find_library("fuse3") is None:
         return "libfuse3 not found (install the Debian package libfuse3-3)"
     return None
