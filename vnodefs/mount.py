@@ -235,6 +235,7 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
+    config["log"] = logf
     try:
         with open(logf, "wb") as log:
             proc = subprocess.Popen(
@@ -295,6 +296,7 @@ def _abort_start(proc: subprocess.Popen, mnt: str, trace: str | None) -> None:
     if find_mount(mnt) is not None:
         subprocess.run(["fusermount3", "-u", "-z", mnt], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _remove_quietly(state_path(mnt))
+    _remove_quietly(log_path(mnt))  # its last line is in the MountError already
     if trace and os.path.exists(trace) and os.path.getsize(trace) == 0:
         _remove_quietly(trace)
 
@@ -353,6 +355,8 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
     _remove_quietly(state_path(mnt))
+    if not alive:
+        _remove_quietly(log_path(mnt))
 
 
 @contextlib.contextmanager
@@ -480,6 +484,8 @@ def serve(config: dict, ready=None) -> int:
         st = read_state(mnt)
         if st is not None and st.get("pid") == os.getpid():
             _remove_quietly(state_path(mnt))
+        if not failed and status == 0 and "log" in config:
+            _remove_quietly(config["log"])  # a clean run leaves no log behind
     return 1 if failed else status
 
 
