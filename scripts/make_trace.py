@@ -178,6 +178,8 @@ GOLDEN_TRACES = {
     "mixed-500": dict(kind="mixed", length=20000, footprint=500, seed=13),
 }
 GOLDEN_FRAMES = (16, 64, 250, 299, 300, 512)
+#: the sizes (in pages) at which the mach policy's end-to-end misses are frozen (mach needs >= 129)
+GOLDEN_MACH_FRAMES = (250, 299, 300, 512)
 
 
 def golden_trace(name: str) -> np.ndarray:
@@ -186,15 +188,28 @@ def golden_trace(name: str) -> np.ndarray:
 
 
 def compute_golden() -> dict:
-    """{"frames": [...], "traces": {name: spec}, "misses": {trace: {policy: [misses per frames]}}},
-    computed with vmcore.policy.simulate (a plain cache simulator over the policy objects)."""
+    """{"frames": [...], "traces": {name: spec}, "misses": {trace: {policy: [misses per frames]}},
+    "mach_frames": [...], "mach_misses": {trace: [misses per mach_frames]}}: the reference policies
+    with vmcore.policy.simulate (a plain cache simulator over the policy objects), mach end to end
+    through the model's kernel (vmcore.replay)."""
     from vmcore.policy import simulate
 
-    out: dict = {"frames": list(GOLDEN_FRAMES), "traces": GOLDEN_TRACES, "misses": {}}
+    from vmcore.kernel import Kernel
+    from vmcore.replay import AccessTrace, replay
+
+    out: dict = {"frames": list(GOLDEN_FRAMES), "traces": GOLDEN_TRACES, "misses": {},
+                 "mach_frames": list(GOLDEN_MACH_FRAMES), "mach_misses": {}}
     for name in GOLDEN_TRACES:
         tr = golden_trace(name)
         out["misses"][name] = {pol: [simulate(pol, tr, n) for n in GOLDEN_FRAMES]
                                for pol in ("lru", "fifo", "clock")}
+        # the model's own policy, end to end (no simulator exists for it: frozen to notice changes)
+        mach = []
+        for n in GOLDEN_MACH_FRAMES:
+            k = Kernel(memory=n * 4096, page_size=4096, policy="mach")
+            mach.append(replay(k, AccessTrace.from_pages(tr)).misses)
+            k.close()
+        out["mach_misses"][name] = mach
     return out
 
 

@@ -6,7 +6,7 @@ progress bar, and reading vnodefs binary traces (this module may import vnodefs;
 a model module, may not).
 
     vmcore replay TRACE --memory SIZE [--policy mach|lru|fifo|clock] [--page-size N] [--json]
-                  [--progress | --no-progress] [--ops read,write] [--pid PID]
+                  [--swap DIR] [--progress | --no-progress] [--ops read,write] [--pid PID]
 
 TRACE is a text trace (`PAGE [r|w]` or `FILE OFFSET [r|w]` per line, `#` comments), a numpy .npy
 trace, or a vnodefs trace file (told apart by content). Output: vm_stat-style lines, or with --json
@@ -188,6 +188,9 @@ def _add_replay(sub) -> None:
                    help="replacement policy: mach (default: active/inactive queues), lru, fifo or clock")
     p.add_argument("--page-size", type=int, default=4096, metavar="N", help="page size in bytes (default 4096)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--swap", metavar="DIR", default=None,
+                   help="back anonymous memory with a swapd pool of real sparse swap files in DIR "
+                        "(default: the in-memory pager); the files are removed at the end")
     p.add_argument("--ops", default="read,write", metavar="OPS",
                    help="vnodefs traces: which request kinds to replay (default read,write)")
     p.add_argument("--pid", type=int, default=None, help="vnodefs traces: only this process's requests")
@@ -233,7 +236,10 @@ def cmd_replay(args) -> int:
     if not ops:
         raise InvalidArgument("--ops names no request kind (e.g. read,write)")
     Kernel = _kernel_class()
-    kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy)
+    extra = {}
+    if args.swap is not None:
+        extra["swap"] = args.swap
+    kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy, **extra)
     try:
         trace = load_trace(args.trace, args.page_size, ops, args.pid)
         if len(trace) == 0:
@@ -250,7 +256,7 @@ def cmd_replay(args) -> int:
             close()
     if args.json:
         out = {"trace": args.trace, "policy": policy, "memory": memory, "page_size": args.page_size,
-               "memory_pages": memory // args.page_size, "files": len(trace.names)}
+               "memory_pages": memory // args.page_size, "files": len(trace.names), "swap": args.swap}
         out.update(result.as_dict())
         print(json.dumps(out))
     else:

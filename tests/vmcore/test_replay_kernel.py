@@ -229,3 +229,22 @@ def test_warmup_is_replayed_but_not_counted():
     k.close()
     with pytest.raises(InvalidArgument, match="warmup"):
         replay(Kernel(memory=128 * PS, page_size=PS, policy="lru"), tr, warmup=len(tr) + 1)
+
+
+def test_cli_replay_with_a_real_swap_pool(zipf_file, tmp_path, capsys):
+    """--swap DIR: dirty pages go to swapd's sparse swap files and come back intact (as counts);
+    the pool's files are gone afterwards."""
+    path, tr = zipf_file
+    swap = tmp_path / "vm"
+    assert main(["replay", path, "--memory", str(64 * PS), "--policy", "clock", "--swap", str(swap),
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["swap"] == str(swap) and d["Pageouts"] > 0 and d["Hard faults"] > 0
+    assert d["misses"] == sim_misses(load(path), "clock", 64)
+    assert not [p for p in swap.glob("swapfile*")]
+    # a swap directory that cannot be created: one line, exit 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["replay", path, "--memory", "1MiB", "--swap", str(blocker / "vm")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "swap" in err
