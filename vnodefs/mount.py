@@ -476,8 +476,13 @@ def serve(config: dict, ready=None) -> int:
     try:
         VnodeFUSE(ops, mnt, latency=LatencyModel(spec), **options)
     except RuntimeError as e:
-        print(f"vnodefs: mount failed: libfuse returned {e} (see the lines above)", file=sys.stderr, flush=True)
-        status = 1
+        if header.get("bdi") is not None:  # it was mounted: libfuse reports a signal-ended loop as 8
+            print(f"vnodefs: stopped by a signal (libfuse status {e}); unmounted, trace flushed",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"vnodefs: mount failed: libfuse returned {e} (see the lines above)", file=sys.stderr,
+                  flush=True)
+            status = 1
     finally:
         stop.set()
         writer.close()
