@@ -736,13 +736,15 @@ class Task:
                           e.wired_count, True, 0, e.tag)
         obj = e.object
         res, dirty, swapped = self._page_counts(obj, e.offset >> shift, e.npages)
-        if e.needs_copy or obj.shadow is not None:
+        if e.needs_copy or (obj.shadow is not None and obj.ref_count == 1):
             sm = SM_COW
         elif obj.ref_count == 1:
             sm = SM_PRIVATE if (res or swapped or obj.pager is not None) else SM_EMPTY
         else:
             here = sum(1 for x in self.map.entries if x.object is obj)
-            if here >= obj.ref_count:
+            # references that are mappings (not handles held by named entries)
+            mappings = obj.ref_count - sum(1 for ne in k.named_entries if ne.object is obj)
+            if here >= mappings:
                 sm = SM_PRIVATE_ALIASED
             elif here > 1:
                 sm = SM_SHARED_ALIASED
