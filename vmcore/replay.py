@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -58,7 +59,10 @@ def _event_keys() -> frozenset[str]:
 CHUNK = 1 << 16
 
 _NPY_MAGIC = b"\x93NUMPY"
-_PURE_PAGES = re.compile(rb"[0-9\r\n]*")
+_PURE_PAGES = re.compile(rb"[0-9\r\n \t]*")  # digits and white space only ...
+_ONE_PER_LINE = re.compile(rb"[0-9][ \t]+[0-9]")  # ... and never two numbers on one line
+_COMMENT = re.compile(rb"#[^\n]*")
+_MAX_PAGE = 1 << 52  # pages of 4 KiB in a 64-bit address space
 
 
 class TraceError(InvalidArgument):
@@ -148,10 +152,15 @@ def parse_text(path: str, page_size: int = 4096, *, data: bytes | None = None) -
     """Read a text trace (see the module docstring). Offsets are turned into pages of `page_size`."""
     if data is None:
         data = _read_bytes(path)
-    if _PURE_PAGES.fullmatch(data):
-        # fast path: only page numbers, one per line
-        pages = np.array(data.split(), dtype=np.int64) if data.strip() else np.zeros(0, dtype=np.int64)
-        return AccessTrace.from_pages(pages, source=path)
+    bare = _COMMENT.sub(b"", data) if b"#" in data else data
+    if _PURE_PAGES.fullmatch(bare) and not _ONE_PER_LINE.search(bare):
+        # fast path: only page numbers (one per line), comments and blank lines
+        try:
+            pages = np.array(bare.split(), dtype=np.int64) if bare.strip() else np.zeros(0, dtype=np.int64)
+        except (ValueError, OverflowError):
+            pass  # a number too large for int64: the line-by-line reader below names its line
+        else:
+            return AccessTrace.from_pages(pages, source=path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -159,9 +168,10 @@ def parse_text(path: str, page_size: int = 4096, *, data: bytes | None = None) -
         raise TraceError(f"{path}:{line}: not a text trace (undecodable bytes; not UTF-8 text, "
                          f".npy or a vnodefs trace)") from None
     names: dict[str, int] = {}
-    files: list[int] = []
-    pages: list[int] = []
-    writes: list[bool] = []
+    files = array("i")
+    pages = array("q")
+    writes = bytearray()
+    any_write = False
     shift_ok = page_size & (page_size - 1) == 0
     shift = page_size.bit_length() - 1
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -180,19 +190,22 @@ def parse_text(path: str, page_size: int = 4096, *, data: bytes | None = None) -
                 fname, page = toks[0], (off >> shift if shift_ok else off // page_size)
             else:
                 raise ValueError
-        except ValueError:
+        except (ValueError, OverflowError):
             shown = raw.strip()
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise TraceError(f"{path}:{lineno}: malformed trace line {shown!r} (expected 'PAGE [r|w]' "
                              f"or 'FILE OFFSET [r|w]' with non-negative integers)") from None
+        if page >= _MAX_PAGE:
+            raise TraceError(f"{path}:{lineno}: page {page} is beyond a 64-bit address space")
         fid = names.get(fname)
         if fid is None:
             fid = names[fname] = len(names)
         files.append(fid)
         pages.append(page)
         writes.append(w)
-    return AccessTrace(np.array(files, dtype=np.int32), np.array(pages, dtype=np.int64),
-                       np.array(writes, dtype=np.bool_) if any(writes) else None,
+        any_write |= w
+    return AccessTrace(np.frombuffer(files, dtype=np.int32), np.frombuffer(pages, dtype=np.int64),
+                       np.frombuffer(writes, dtype=np.bool_) if any_write else None,
                        list(names) or [""], path)
 
 

@@ -177,3 +177,23 @@ def test_generator_shapes():
     assert (m < 500).any() and (m >= 500).any() and m.max() < 2000
     with pytest.raises(ValueError, match="unknown trace kind"):
         make_trace.generate("random", 10, 10)
+
+
+@pytest.mark.parametrize("text,lineno", [
+    ("1\n99999999999999999999999\n", 2),           # beyond int64, fast path falls back
+    ("# c\nf 0\nf 99999999999999999999999999 w\n", 3),
+])
+def test_numbers_beyond_64_bits_name_their_line(tmp_path, text, lineno):
+    path = write(tmp_path, text)
+    with pytest.raises(TraceError) as ei:
+        load(path)
+    assert f"{path}:{lineno}:" in str(ei.value) and "64-bit" in str(ei.value)
+
+
+def test_fast_path_with_comments_and_spaces_equals_general_path(tmp_path):
+    text = "# header\n  5  \n\t7\n# more\n\n9 # trailing comment\n"
+    tr = load(write(tmp_path, text))
+    assert tr.page.tolist() == [5, 7, 9] and tr.names == [""]
+    # two numbers on one line are `file offset`, never two pages
+    tr = load(write(tmp_path, "5\n12 8192\n"))
+    assert tr.names == ["", "12"] and tr.page.tolist() == [5, 2]
