@@ -44,6 +44,8 @@ Caveats:
     so the kernel need not filter. `inserted` of a frame already tracked is a ContractViolation.
   * LRU duplicates within one `referenced` batch: the last occurrence wins (np.maximum.at over
     increasing stamps; never numpy's unspecified fancy-assignment order).
+  * LRU: if the hits between two evictions touch every frame of the oldest batch, each eviction
+    rebuilds the batch (O(nframes) numpy work, comparable to those hits' own vectorised cost).
   * clock rotation is O(number of set bits passed over); every bit cleared was set by a hit, so
     this is amortised O(1) per hit, but one eviction may rotate many frames.
   * Frames are ints in [0, nframes) with nframes < 2**32.

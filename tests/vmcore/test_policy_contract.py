@@ -296,23 +296,28 @@ class RefClock:
 
 
 @pytest.mark.parametrize("name,ref_cls", [("lru", RefLRU), ("fifo", RefFIFO), ("clock", RefClock)])
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_differential_with_removals(name, ref_cls, seed):
+@pytest.mark.parametrize("seed,nframes", [(1, 24), (2, 24), (3, 24), (4, 3000)])
+def test_differential_with_removals(name, ref_cls, seed, nframes):
+    """nframes=3000 makes LRU's oldest-frames batch (nframes / 16) smaller than what it tracks,
+    so batches run dry, get rebuilt and are invalidated by hits."""
     rng = random.Random(seed)
-    nframes = 24
     pol, ref = make_policy(name, nframes), ref_cls()
     tracked: set[int] = set()
+    for f in range(nframes // 2 if nframes > 100 else 0):
+        pol.inserted(f)
+        ref.insert(f)
+        tracked.add(f)
     for _ in range(4000):
         op = rng.random()
         if op < 0.35:
-            untracked = [f for f in range(nframes) if f not in tracked]
-            if untracked:
-                f = rng.choice(untracked)
+            f = rng.randrange(nframes)
+            if f not in tracked:
                 pol.inserted(f)
                 ref.insert(f)
                 tracked.add(f)
         elif op < 0.75:
-            batch = [rng.randrange(nframes) for _ in range(rng.randint(1, 12))]
+            hot = rng.random() < 0.5 and nframes > 100  # sometimes hit the oldest frames
+            batch = [rng.randrange(nframes // 8 if hot else nframes) for _ in range(rng.randint(1, 12))]
             pol.referenced(np.array(batch))
             for f in batch:
                 ref.hit(f)
