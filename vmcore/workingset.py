@@ -344,12 +344,13 @@ class Profile:
     def file_page_counts(self) -> dict[str, int]:
         return {p: int(a.size) for p, a in self.pages_by_file().items()}
 
-    def timeline(self) -> list[tuple[int, str | None, int, int]]:
-        """(first_ns, path or None for anonymous, page, count) in first-touch order."""
+    def timeline(self, limit: int | None = None) -> list[tuple[int, str | None, int, int]]:
+        """(first_ns, path or None for anonymous, page, count) in first-touch order (the first
+        `limit` of them)."""
         e = self.entries
         idx = np.argsort(e["order"], kind="stable")
         out = []
-        for i in idx.tolist():
+        for i in idx[:limit].tolist():
             fi = int(e["file"][i])
             out.append((int(e["first_ns"][i]), None if fi == ANON else self.files[fi],
                         int(e["page"][i]), int(e["count"][i])))

@@ -1,0 +1,225 @@
+"""`swapd profiles list|show|rm`: inspect and remove launch profiles in VAR/vm/app_profile.
+
+Owns: `add_profiles_parser(subparsers)` (adds the `profiles` command to an argparse subparsers
+object, e.g. swapd.cli's), `run_profiles(args) -> int` (runs it), and `main(argv)` so the command
+also works alone: `python -m swapd.profiles_cli list`.
+
+    swapd profiles list [--json] [--var DIR]
+    swapd profiles show NAME [--uid UID] [--entries N] [--json] [--var DIR]
+    swapd profiles rm NAME [--uid UID] [--var DIR]
+
+`list` reads headers only and never changes the tree (a damaged file is listed with its error);
+`show` reads and verifies the whole file (a damaged one: one line on stderr, exit 1, left in place
+for inspection; the kernel's load is what moves damaged files aside). Exit status: 0 ok, 1 a profile
+is missing or damaged or the tree is unusable, 2 bad usage (e.g. a name that would escape the tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from swapd.profiles import AppProfileStore, AppProfileTreeError, ProfileNotFound, tree_of
+from vmcore.workingset import ANON, ProfileFormatError, ProfileNameError, validate_app_name
+
+DEFAULT_VAR = "var"
+
+
+def _common(p: argparse.ArgumentParser, json_opt: bool = True) -> None:
+    p.add_argument("--var", default=DEFAULT_VAR, metavar="DIR",
+                   help=f"the VAR directory; profiles live in DIR/vm/app_profile "
+                        f"(default: {DEFAULT_VAR})")
+    if json_opt:
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_profiles_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `profiles` (with list / show / rm) to an argparse subparsers object; returns its parser."""
+    pp = subparsers.add_parser(
+        "profiles", help="list, show or remove launch working-set profiles (app_profile)",
+        description="Launch profiles record the pages an application touched in its first "
+                    "seconds (working-set detection); the next launch is seeded from them. They "
+                    "live in VAR/vm/app_profile/<uid>/<app>.aprof (format: "
+                    "docs/app_profile-format.md).")
+    sub = pp.add_subparsers(dest="profiles_command", metavar="{list,show,rm}")
+    pl = sub.add_parser("list", help="one line per profile: app, uid, pages, launches, size, "
+                                     "created, executable identity",
+                        description="List every profile in the tree from its header (nothing is "
+                                    "changed; a damaged file is listed with its error).")
+    _common(pl)
+    ps = sub.add_parser("show", help="a profile's header, pages per file and first entries",
+                        description="Show one profile: its header, the number of pages per "
+                                    "file, and its first entries in first-touch order; with "
+                                    "--json every entry.")
+    ps.add_argument("name", metavar="NAME", help="the application name")
+    ps.add_argument("--uid", type=int, default=None,
+                    help="the user id (default: the only uid that has NAME)")
+    ps.add_argument("--entries", type=int, default=10, metavar="N",
+                    help="entries to print in text mode (default: 10)")
+    _common(ps)
+    pr = sub.add_parser("rm", help="remove a profile",
+                        description="Remove the profile NAME (of --uid, or of the only uid that "
+                                    "has it); the next launch records a new one.")
+    pr.add_argument("name", metavar="NAME", help="the application name")
+    pr.add_argument("--uid", type=int, default=None,
+                    help="the user id (default: the only uid that has NAME)")
+    _common(pr, json_opt=False)
+    pp.set_defaults(_profiles_parser=pp)
+    return pp
+
+
+def _fmt_size(n: int) -> str:
+    for unit, mult in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= mult:
+            return f"{n / mult:.1f}{unit}"
+    return f"{n}B"
+
+
+def _fmt_time(ns: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+    except (OverflowError, OSError, ValueError):
+        return str(ns)
+
+
+def _which_uid(store: AppProfileStore, name: str, uid: int | None) -> int:
+    if uid is not None:
+        return uid
+    uids = store.uids_with(name)
+    if not uids:
+        raise ProfileNotFound(f"no profile named {name!r} in {store.root}")
+    if len(uids) > 1:
+        raise ProfileNotFound(f"profile {name!r} exists for uids {', '.join(map(str, uids))}; "
+                              f"give --uid")
+    return uids[0]
+
+
+def run_profiles(args: argparse.Namespace) -> int:
+    """Run `swapd profiles ...` from parsed arguments; returns the exit status."""
+    cmd = getattr(args, "profiles_command", None)
+    if cmd is None:
+        args._profiles_parser.print_help()
+        return 0
+    store = AppProfileStore(args.var)
+    try:
+        if cmd == "list":
+            return _list(store, args)
+        if getattr(args, "uid", None) is not None and not 0 <= args.uid <= 0xFFFFFFFE:
+            print(f"swapd: --uid {args.uid} is not a uid (0..4294967294)", file=sys.stderr)
+            return 2
+        validate_app_name(args.name)
+        if cmd == "show":
+            if args.entries < 0:
+                print(f"swapd: --entries {args.entries} must not be negative", file=sys.stderr)
+                return 2
+            return _show(store, args)
+        if cmd == "rm":
+            uid = _which_uid(store, args.name, args.uid)
+            if not store.remove(uid, args.name):
+                print(f"swapd: no profile named {args.name!r} for uid {uid} in {store.root}",
+                      file=sys.stderr)
+                return 1
+            print(f"removed {store.path_for(uid, args.name)}")
+            return 0
+    except ProfileNameError as e:
+        print(f"swapd: {e}", file=sys.stderr)
+        return 2
+    except (ProfileNotFound, ProfileFormatError, AppProfileTreeError, OSError) as e:
+        print(f"swapd: {e}", file=sys.stderr)
+        return 1
+    print(f"swapd: unknown profiles command {cmd!r}", file=sys.stderr)  # pragma: no cover
+    return 2
+
+
+def _list(store: AppProfileStore, args) -> int:
+    infos = store.list()
+    if args.json:
+        json.dump({"tree": store.root, "profiles": [i.as_dict() for i in infos]}, sys.stdout,
+                  indent=1)
+        sys.stdout.write("\n")
+        return 0
+    if not infos:
+        print(f"no profiles in {store.root}")
+        return 0
+    print(f"{'APP':<20s} {'UID':>6s} {'PAGES':>8s} {'FILES':>5s} {'LAUNCH':>6s} {'SIZE':>7s} "
+          f"{'CREATED':<19s} IDENTITY")
+    for i in infos:
+        if i.error:
+            print(f"{i.app:<20s} {i.uid:>6d} {'-':>8s} {'-':>5s} {'-':>6s} {_fmt_size(i.size):>7s} "
+                  f"{'-':<19s} DAMAGED: {i.error}")
+            continue
+        ident = i.identity
+        print(f"{i.app:<20s} {i.uid:>6d} {i.pages:>8d} {i.files:>5d} {i.launches:>6d} "
+              f"{_fmt_size(i.size):>7s} {_fmt_time(i.created_ns):<19s} {ident.path} "
+              f"ino={ident.inode} mtime_ns={ident.mtime_ns}")
+    return 0
+
+
+def _show(store: AppProfileStore, args) -> int:
+    uid = _which_uid(store, args.name, args.uid)
+    prof = store.read(uid, args.name)
+    path = store.path_for(uid, args.name)
+    counts = prof.file_page_counts()
+    ident = prof.identity
+    header = {"app": prof.app, "uid": prof.uid, "path": path,
+              "identity": {"path": ident.path, "inode": ident.inode, "mtime_ns": ident.mtime_ns},
+              "launches": prof.launches, "window_s": prof.window_s, "page_size": prof.page_size,
+              "created_ns": prof.created_ns, "pages": prof.npages,
+              "file_pages": prof.nfile_pages, "anon_pages": prof.nanon_pages,
+              "files": len(prof.files)}
+    if args.json:
+        e = prof.entries
+        files = prof.files
+        entries = []
+        for i in sorted(range(e.size), key=lambda j: int(e["order"][j])):
+            fi = int(e["file"][i])
+            entries.append({"file": None if fi == ANON else files[fi], "page": int(e["page"][i]),
+                            "count": int(e["count"][i]), "first_ns": int(e["first_ns"][i]),
+                            "order": int(e["order"][i])})
+        json.dump({"header": header, "file_pages": counts, "anon_pages": prof.nanon_pages,
+                   "entries": entries}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    print(f"profile   {prof.app} (uid {prof.uid})  {path}")
+    print(f"identity  {ident.path}  inode {ident.inode}  mtime_ns {ident.mtime_ns}")
+    print(f"recorded  {_fmt_time(prof.created_ns)}  window {prof.window_s:g} s  "
+          f"launches {prof.launches}  page size {prof.page_size}")
+    print(f"pages     {prof.npages} ({prof.nfile_pages} file pages in {len(prof.files)} files, "
+          f"{prof.nanon_pages} anonymous)")
+    if counts or prof.nanon_pages:
+        print("pages per file:")
+        w = max([len(p) for p in counts] + [len("(anonymous)")])
+        for p in sorted(counts):
+            print(f"  {p:<{w}s} {counts[p]:>8d}")
+        if prof.nanon_pages:
+            print(f"  {'(anonymous)':<{w}s} {prof.nanon_pages:>8d}")
+    n = min(args.entries, prof.npages)
+    if n:
+        print(f"first {n} of {prof.npages} entries (first-touch order):")
+        print(f"  {'ORDER':>7s} {'T+ms':>10s} {'COUNT':>5s} {'PAGE':>12s}  FILE")
+        for k, (t, f, page, c) in enumerate(prof.timeline(n)):
+            where = f if f is not None else f"(anonymous, address {page * prof.page_size:#x})"
+            print(f"  {k:>7d} {t / 1e6:>10.3f} {c:>5d} {page:>12d}  {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swapd", description="swapd launch profiles")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_profiles_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m swapd.profiles_cli list|show|rm ...` (the same as `swapd profiles ...`)."""
+    parser = build_parser()
+    args = parser.parse_args(["profiles", *(sys.argv[1:] if argv is None else argv)])
+    return run_profiles(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["add_profiles_parser", "run_profiles", "main", "tree_of"]
