@@ -78,7 +78,15 @@ def resolve_entry(task, addr: int, write: bool):
 
 def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
     """Resolve a fault at addr; return the frame now mapped there."""
-    e, oe, slot, eslot, prot = resolve_entry(task, addr, write)
+    e = task.map.lookup(addr)
+    if e is not None and not e.is_submap:  # the common case, inline
+        oe = e
+        slot = eslot = (addr - e.start) >> k.page_shift
+        prot = e.protection
+        if not prot & (VM_PROT_WRITE if write else VM_PROT_READ):
+            resolve_entry(task, addr, write)  # raises the ProtectionFailure
+    else:
+        e, oe, slot, eslot, prot = resolve_entry(task, addr, write)
     stats = k.stats
     stats.faults += 1
     if k._owns_clock:
@@ -118,7 +126,7 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
     if f is None:
         # zero fill, in the top object
         f = k.page_grab()
-        pm.frames[f] = 0
+        pm.views[f][:] = pm.zero_page
         k.page_insert(top, pidx, f)
         if k.policy is not None:
             k.policy_insert(f)
@@ -127,10 +135,10 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
         stats.zero_fill += 1
     elif kind is FaultKind.SOFT:
         stats.soft_faults += 1
-        if pm.clustered[f]:
+        if pm.special[f] and pm.clustered[f]:
             pm.clustered[f] = False
             stats.pageins += 1
-        if pm.queue[f] == INACTIVE:
+        if f in pm.inactive:
             pm.activate(f)
             stats.reactivations += 1
         if k.policy is not None and k.tracked[f]:
@@ -165,6 +173,7 @@ def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
     pm = k.pm
     was_busy = pm.busy[src]
     pm.busy[src] = True
+    pm.special[src] = True
     try:
         nf = k.page_grab()
     finally:
@@ -360,6 +369,7 @@ def object_copy_slowly(k: "Kernel", src, first: int, npages: int):
                 continue
             was = pm.busy[f]
             pm.busy[f] = True
+            pm.special[f] = True
             try:
                 nf = k.page_grab()
             finally:

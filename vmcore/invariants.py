@@ -155,9 +155,9 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     if k.policy is not None:
         resident = (pm.queue == ACTIVE) | (pm.queue == INACTIVE)
         resident &= ~pm.absent
-        bad = np.flatnonzero(resident != k.tracked)
+        bad = np.flatnonzero(resident != np.array(k.tracked, dtype=np.bool_))
         assert bad.size == 0, f"frames {bad[:8]} tracked by the policy disagree with residency"
-        assert k.ntracked == int(k.tracked.sum()), "ntracked is off"
+        assert k.ntracked == sum(k.tracked), "ntracked is off"
 
 
 def _visible(k, e, s: int):

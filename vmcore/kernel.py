@@ -119,7 +119,7 @@ class Kernel:
         self.named_entries: list = []
         self.submaps: list = []
         self.upls: set = set()
-        self.tracked = np.zeros(nframes, dtype=np.bool_)
+        self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
         self.ntracked = 0
         self.pmap_epoch = 0
         self.nwired = 0
@@ -212,7 +212,7 @@ class Kernel:
 
     # ---- policy hooks -----------------------------------------------------------------------------
     def policy_insert(self, f: int) -> None:
-        if not self.tracked[f] and self.pm.wire_count[f] == 0:
+        if not self.tracked[f] and not self.pm.wire_count[f]:
             self.tracked[f] = True
             self.ntracked += 1
             self.policy.inserted(f)

@@ -226,11 +226,11 @@ class PageoutDaemon:
             v = pol.select_victim()
             k.tracked[v] = False
             k.ntracked -= 1
-            if pm.busy[v] or pm.wire_count[v] or pm.owner[v] is None:
+            if pm.owner[v] is None or (pm.special[v] and (pm.busy[v] or pm.wire_count[v])):
                 k.policy_insert(v)
                 continue
             k.pmap_disconnect(v)
-            if pm.dirty[v] or pm.precious[v]:
+            if pm.dirty[v] or (pm.special[v] and pm.precious[v]):
                 if self.pageout_cluster(v, single=True) == 0:
                     k.policy_insert(v)
                     continue

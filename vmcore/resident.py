@@ -54,7 +54,13 @@ class PhysicalMemory:
         self.obj_id = np.full(nframes, -1, dtype=np.int64)
         self.pidx = np.full(nframes, -1, dtype=np.int64)
         self.owner: list = [None] * nframes
+        #: one writable memoryview per frame (pager buffers, fast zero fill)
+        self.views: list[memoryview] = [memoryview(self.frames[f]) for f in range(nframes)]
+        self.zero_page = bytes(page_size)
         self.pv: list = [None] * nframes
+        #: True once any of busy / absent / precious / clustered / wire_count was set on the frame
+        #: since it was last freed (a Python list: lets release() skip five numpy writes)
+        self.special: list[bool] = [False] * nframes
         # queues
         self.free: list[int] = list(range(nframes - 1, -1, -1))  # pop() gives frame 0 first
         self.active: OrderedDict[int, None] = OrderedDict()
@@ -80,21 +86,19 @@ class PhysicalMemory:
 
     # ---- queue moves (vm_page_activate / deactivate / wire / unwire / free) ----------------------
     def _unlink(self, f: int) -> None:
-        q = self.queue[f]
-        if q == ACTIVE:
+        if f in self.active:
             del self.active[f]
-        elif q == INACTIVE:
+        elif f in self.inactive:
             del self.inactive[f]
-        elif q == WIRED:
+        elif f in self.wired:
             del self.wired[f]
 
     def activate(self, f: int) -> None:
         """Put f at the tail of the active queue (from wherever it was, except wired)."""
-        q = self.queue[f]
-        if q == ACTIVE:
+        if f in self.active:
             self.active.move_to_end(f)
             return
-        if q == INACTIVE:
+        if f in self.inactive:
             del self.inactive[f]
         self.active[f] = None
         self.queue[f] = ACTIVE
@@ -111,6 +115,7 @@ class PhysicalMemory:
         self.queue[f] = INACTIVE
 
     def wire(self, f: int) -> None:
+        self.special[f] = True
         if self.wire_count[f] == 0:
             self._unlink(f)
             self.wired[f] = None
@@ -135,13 +140,14 @@ class PhysicalMemory:
         self.queue[f] = FREE
         self.referenced[f] = False
         self.dirty[f] = False
-        self.busy[f] = False
-        self.absent[f] = False
-        self.precious[f] = False
-        self.clustered[f] = False
-        self.wire_count[f] = 0
+        if self.special[f]:  # rarely set: busy / absent / precious / clustered / wired
+            self.busy[f] = False
+            self.absent[f] = False
+            self.precious[f] = False
+            self.clustered[f] = False
+            self.wire_count[f] = 0
+            self.special[f] = False
         self.obj_id[f] = -1
-        self.pidx[f] = -1
         self.owner[f] = None
         self.free.append(f)
 

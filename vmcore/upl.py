@@ -122,8 +122,10 @@ class UPL:
                     nf = kernel.page_grab()
                     kernel.page_insert(obj, p, nf)
                     pm.absent[nf] = True
+                    pm.special[nf] = True
                     if flags & UPL_PRECIOUS:
                         pm.precious[nf] = True
+                        pm.special[nf] = True
                     self.created[i] = True
                     self._hold(i, nf, busy=True)
         except BaseException:
@@ -137,6 +139,7 @@ class UPL:
         self.state[i] = _HELD
         if busy:
             self.kernel.pm.busy[f] = True
+            self.kernel.pm.special[f] = True
 
     def _unwind(self) -> None:
         pm = self.kernel.pm
@@ -232,6 +235,7 @@ class UPL:
                     continue
                 if _speculative:
                     pm.clustered[f] = True
+                    pm.special[f] = True
                     pm.deactivate(f)  # speculative: reference bit clear, inactive tail
                     if k.policy is not None:
                         k.policy_insert(f)
