@@ -110,39 +110,68 @@ class SwapPager(Pager):
                 return [ERROR] * n
             ps, cp = self.page_size, self.cluster_pages
             cb = ps * cp
-            smap, lost = self.map, self.lost
+            p0 = offset // ps
+            # fast path: the whole request lies in consecutive, fully valid clusters of one file
+            first_ocl = p0 // cp
+            loc = self.map.contiguous(first_ocl, (p0 + n - 1) // cp - first_ocl + 1, self._full)
+            if loc != NONE:
+                f = self._files()[loc >> 32]
+                try:
+                    f.read((loc & 0xFFFFFFFF) * cb + (p0 - first_ocl * cp) * ps, pages)
+                except SwapFileDamaged as e:
+                    self._fail(str(e))
+                    pool._note_damage(f)
+                    pool._note_pagein(0, 1, n)
+                    return [ERROR] * n
+                except OSError as e:
+                    self._fail(f"{_errname(e)} reading {f.path}: {e.strerror}")
+                    pool._note_pagein(0, 1, n)
+                    return [ERROR] * n
+                pool._note_pagein(n, 1, 0)
+                return [OK] * n
+            get = self.map.get
+            lost = self.lost
             res = [ABSENT] * n
-            runs: list[list] = []  # [file number, byte offset, bufs, indices]
+            # runs of pages whose slots are consecutive in one file: [fno, byte offset, i, count]
+            runs: list[list[int]] = []
             cur = None
-            p = offset // ps
-            last_ocl, loc, mask = -1, NONE, 0
-            for i in range(n):
-                ocl, slot = divmod(p + i, cp)
-                if ocl != last_ocl:
-                    loc, mask = smap.get(ocl)
-                    last_ocl = ocl
-                if not (mask >> slot) & 1:
-                    if lost and (p + i) in lost:
-                        res[i] = ERROR
-                    cur = None
-                    continue
-                fno = loc_file(loc)
-                off = loc_cluster(loc) * cb + slot * ps
-                if cur is not None and cur[0] == fno and cur[1] + len(cur[2]) * ps == off:
-                    cur[2].append(pages[i])
-                    cur[3].append(i)
+            i = 0
+            while i < n:  # one object cluster at a time
+                ocl, slot = divmod(p0 + i, cp)
+                k = cp - slot if cp - slot < n - i else n - i
+                loc, mask = get(ocl)
+                bits = ((1 << k) - 1) << slot
+                if mask & bits == bits:  # the common case: every page of the segment is valid
+                    fno = loc >> 32
+                    off = (loc & 0xFFFFFFFF) * cb + slot * ps
+                    if cur is not None and cur[0] == fno and cur[1] + cur[3] * ps == off:
+                        cur[3] += k
+                    else:
+                        cur = [fno, off, i, k]
+                        runs.append(cur)
                 else:
-                    cur = [fno, off, [pages[i]], [i]]
-                    runs.append(cur)
-            if any(r == ERROR for r in res):
-                self._fail(f"page(s) of this object were lost with a damaged swap file "
-                           f"(first: page {next(p + i for i in range(n) if res[i] == ERROR)})")
+                    for q in range(k):
+                        if (mask >> (slot + q)) & 1:
+                            off = (loc & 0xFFFFFFFF) * cb + (slot + q) * ps
+                            if cur is not None and cur[0] == loc >> 32 and \
+                                    cur[1] + cur[3] * ps == off and cur[2] + cur[3] == i + q:
+                                cur[3] += 1
+                            else:
+                                cur = [loc >> 32, off, i + q, 1]
+                                runs.append(cur)
+                        else:
+                            cur = None
+                            if lost and p0 + i + q in lost:
+                                res[i + q] = ERROR
+                                self._fail(f"page {p0 + i + q} of this object was lost with a "
+                                           f"damaged swap file")
+                i += k
             files = self._files()
             got = 0
-            for fno, off, bufs, idx in runs:
+            for fno, off, first, count in runs:
                 f = files[fno]
                 try:
-                    f.read(off, bufs)
+                    f.read(off, pages[first:first + count])
                 except SwapFileDamaged as e:
                     self._fail(str(e))
                     pool._note_damage(f)
@@ -152,9 +181,8 @@ class SwapPager(Pager):
                     r = ERROR
                 else:
                     r = OK
-                    got += len(idx)
-                for i in idx:
-                    res[i] = r
+                    got += count
+                res[first:first + count] = [r] * count
             pool._note_pagein(got, len(runs), n - got - res.count(ABSENT))
             return res
 
@@ -182,29 +210,35 @@ class SwapPager(Pager):
                 return [ERROR] * n
             cp = self.cluster_pages
             res = [OK] * n
-            full: list[tuple[int, int]] = []  # (object cluster, index of its first page)
+            # the range is: a partial head cluster, a span of whole clusters, a partial tail
             partial: list[tuple[int, int, int, int]] = []  # (ocl, index, first slot, count)
+            spans: list[tuple[int, int, int]] = []  # (first ocl, index of its first page, count)
             p0 = offset // self.page_size
+            ocl, slot = divmod(p0, cp)
             i = 0
-            while i < n:
-                ocl, slot = divmod(p0 + i, cp)
-                k = min(cp - slot, n - i)
-                if k == cp:
-                    full.append((ocl, i))
-                else:
-                    partial.append((ocl, i, slot, k))
-                i += k
+            if slot:
+                k = min(cp - slot, n)
+                partial.append((ocl, 0, slot, k))
+                i = k
+                ocl += 1
+            nfull = (n - i) // cp
+            if nfull:
+                spans.append((ocl, i, nfull))
+                i += nfull * cp
+                ocl += nfull
+            if i < n:
+                partial.append((ocl, i, 0, n - i))
             free_later: list[int] = []
             writes = 0
             for _attempt in range(2):  # a second pass only for clusters hit by a damaged file
-                if not full:
+                if not spans:
                     break
-                full, unplaced, w = self._write_fresh(full, pages, res, free_later)
+                spans, unplaced, w = self._write_fresh(spans, pages, res, free_later)
                 writes += w
-                if unplaced:
-                    # no free cluster even after trying to grow: rewrite in place where possible
-                    for ocl, i in unplaced:
-                        partial.append((ocl, i, 0, cp))
+                # no free cluster even after trying to grow: rewrite in place where possible
+                for ocl, i, count in unplaced:
+                    for q in range(count):
+                        partial.append((ocl + q, i + q * cp, 0, cp))
             for ocl, i, slot, k in partial:
                 writes += self._write_partial(ocl, i, slot, k, pages, res, free_later)
             if free_later:
@@ -231,51 +265,60 @@ class SwapPager(Pager):
             for q in range(first_page, first_page + count):
                 self.lost.discard(q)
 
-    def _write_fresh(self, full: list[tuple[int, int]], pages: Sequence[Buffer],
+    def _write_fresh(self, spans: list[tuple[int, int, int]], pages: Sequence[Buffer],
                      res: list[PagerResult], free_later: list[int]):
-        """Write whole object clusters to freshly allocated pool clusters, one pwritev per run.
-        Returns (clusters to retry because their new file turned out damaged, clusters that got
-        no pool cluster, number of writes)."""
+        """Write spans of whole object clusters (first ocl, first page index, count) to freshly
+        allocated pool clusters, one pwritev per allocated run. Returns (spans to retry because
+        their new file turned out damaged, spans that got no pool cluster, writes issued)."""
         pool = self.pool
         cp, ps = self.cluster_pages, self.page_size
         cb = cp * ps
-        runs = pool._allocate(len(full))
-        retry: list[tuple[int, int]] = []
+        runs = pool._allocate(sum(s[2] for s in spans))
+        retry: list[tuple[int, int, int]] = []
         writes = 0
-        j = 0
-        for f, start, count in runs:
-            chunk = full[j:j + count]
-            j += count
-            # split the chunk where page indices are not consecutive (never, in practice)
-            sub_start = 0
-            for q in range(1, len(chunk) + 1):
-                if q < len(chunk) and chunk[q][1] == chunk[q - 1][1] + cp:
-                    continue
-                sub = chunk[sub_start:q]
-                fc = start + sub_start
-                sub_start = q
-                first_i = sub[0][1]
-                bufs = pages[first_i:first_i + len(sub) * cp]
+        spans = list(spans)
+        for f, fc, count in runs:
+            while count:
+                ocl, i, left = spans[0]
+                k = min(count, left)
+                if k == left:
+                    spans.pop(0)
+                else:
+                    spans[0] = (ocl + k, i + k * cp, left - k)
+                count -= k
+                piece_fc = fc
+                fc += k
+                writes += 1
                 try:
-                    writes += 1
-                    f.write(fc * cb, bufs)
+                    f.write(piece_fc * cb, pages[i:i + k * cp])
                 except SwapFileDamaged as e:
                     pool._note_damage(f)
                     self._fail(str(e))
-                    f.free(fc, len(sub), punch=False)
-                    retry.extend(sub)
+                    f.free(piece_fc, k, punch=False)
+                    retry.append((ocl, i, k))
                     continue
                 except OSError as e:
-                    # keep the clusters that were written whole before the failure (ENOSPC
-                    # midway through a run), give the rest back
-                    kept = min(getattr(e, "written", 0) // cb, len(sub))
-                    f.free(fc + kept, len(sub) - kept)
-                    self._write_failed(e, f, first_i + kept * cp, (len(sub) - kept) * cp, res)
-                    sub = sub[:kept]
-                for q2, (ocl, i) in enumerate(sub):
-                    self._set(ocl, make_loc(f.number, fc + q2), self._full, free_later)
-                    self._unlose(ocl * cp, cp)
-        return retry, full[j:], writes
+                    # keep the clusters written whole before the failure (ENOSPC midway through
+                    # a run), give the rest back
+                    kept = min(getattr(e, "written", 0) // cb, k)
+                    f.free(piece_fc + kept, k - kept)
+                    self._write_failed(e, f, i + kept * cp, (k - kept) * cp, res)
+                    k = kept
+                    if not k:
+                        continue
+                self._set_run(ocl, k, f, piece_fc, free_later)
+        return retry, spans, writes
+
+    def _set_run(self, ocl: int, count: int, f: SwapFile, fc: int, free_later: list[int]) -> None:
+        """Map object clusters ocl.. ocl+count-1 to clusters fc.. of file f, all pages valid."""
+        cp = self.cluster_pages
+        files = self._files()
+        for old_loc, old_mask in self.map.set_run(ocl, count, make_loc(f.number, fc), self._full):
+            files[old_loc >> 32].used_slots -= popcount(old_mask)
+            free_later.append(old_loc)
+        f.used_slots += count * cp
+        if self.lost:
+            self._unlose(ocl * cp, count * cp)
 
     def _write_partial(self, ocl: int, i: int, slot: int, k: int, pages: Sequence[Buffer],
                        res: list[PagerResult], free_later: list[int]) -> int:

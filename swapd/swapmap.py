@@ -97,6 +97,63 @@ class SwapMap:
                 del self._chunks[key]
         return old_loc, old_mask
 
+    def contiguous(self, ocl: int, count: int, mask: int) -> int:
+        """The location of `ocl` if object clusters ocl .. ocl+count-1 are all mapped with
+        exactly `mask` to consecutive clusters of one file, else NONE. The pagein fast path: one
+        comparison per chunk instead of a lookup per cluster."""
+        first = NONE
+        while count > 0:
+            key, i = divmod(ocl, CHUNK)
+            k = min(CHUNK - i, count)
+            ch = self._chunks.get(key)
+            if ch is None or ch.masks[i:i + k] != bytes((mask,)) * k:
+                return NONE
+            loc = ch.locs[i]
+            if first == NONE:
+                first = expect = loc
+            elif loc != expect:
+                return NONE
+            if k > 1 and ch.locs[i:i + k] != array("q", range(loc, loc + k)):
+                return NONE
+            expect = loc + k
+            ocl += k
+            count -= k
+        if loc_file(first) != loc_file(expect - 1):
+            return NONE
+        return first
+
+    def set_run(self, ocl: int, count: int, loc: int, mask: int) -> list[tuple[int, int]]:
+        """Map object clusters ocl .. ocl+count-1 to locations loc .. loc+count-1 (consecutive
+        clusters of one file), each with `mask` (non-zero). Returns the previous (loc, mask) of
+        those that were mapped. The pageout fast path: one slice assignment per chunk."""
+        if not 0 < mask < 256 or loc == NONE:
+            raise ValueError(f"bad swap map run loc={loc} mask={mask:#x}")
+        olds: list[tuple[int, int]] = []
+        pc = _POPCOUNT[mask]
+        while count > 0:
+            key, i = divmod(ocl, CHUNK)
+            k = min(CHUNK - i, count)
+            ch = self._chunks.get(key)
+            if ch is None:
+                ch = self._chunks[key] = _Chunk()
+            old_masks = ch.masks[i:i + k]
+            mapped = k - old_masks.count(0)
+            if mapped:
+                old_locs = ch.locs[i:i + k]
+                for j in range(k):
+                    if old_masks[j]:
+                        olds.append((old_locs[j], old_masks[j]))
+                        self.pages -= _POPCOUNT[old_masks[j]]
+            ch.locs[i:i + k] = array("q", range(loc, loc + k))
+            ch.masks[i:i + k] = bytes((mask,)) * k
+            ch.count += k - mapped
+            self._clusters += k - mapped
+            self.pages += pc * k
+            ocl += k
+            loc += k
+            count -= k
+        return olds
+
     def clear(self, ocl: int) -> tuple[int, int]:
         """Unmap `ocl`; returns what it mapped to."""
         return self.set(ocl, NONE, 0)

@@ -58,3 +58,43 @@ def test_against_a_dict_model():
     f2 = [e for e in m if loc_file(e[1]) == 2]
     assert m.in_file(2) == f2
     assert len(m._chunks) == len({k // CHUNK for k in model})
+
+
+def test_set_run_equals_cluster_by_cluster_sets():
+    rng = random.Random(9)
+    a, b = SwapMap(), SwapMap()
+    for _ in range(400):
+        ocl = rng.randrange(5 * CHUNK)
+        count = rng.randint(1, 2 * CHUNK + 3)
+        loc = make_loc(rng.randrange(3), rng.randrange(1 << 20))
+        if rng.random() < 0.3:
+            mask = rng.randrange(1, 16)
+            a.set(ocl, loc, mask)
+            b.set(ocl, loc, mask)
+            continue
+        olds = a.set_run(ocl, count, loc, 0b1111)
+        want = []
+        for q in range(count):
+            old = b.set(ocl + q, loc + q, 0b1111)
+            if old[1]:
+                want.append(old)
+        assert olds == want
+        assert list(a) == list(b) and len(a) == len(b) and a.pages == b.pages
+    with pytest.raises(ValueError):
+        a.set_run(0, 1, NONE, 1)
+
+
+def test_contiguous_finds_exactly_consecutive_full_runs():
+    m = SwapMap()
+    assert m.set_run(30, 40, make_loc(1, 100), 0b1111) == []
+    assert m.contiguous(30, 40, 0b1111) == make_loc(1, 100)
+    assert m.contiguous(45, 3, 0b1111) == make_loc(1, 115)
+    assert m.contiguous(29, 2, 0b1111) == NONE  # 29 unmapped
+    assert m.contiguous(60, 11, 0b1111) == NONE  # 70 unmapped
+    m.set(50, make_loc(1, 500), 0b1111)  # no longer consecutive
+    assert m.contiguous(49, 3, 0b1111) == NONE and m.contiguous(51, 10, 0b1111) == make_loc(1, 121)
+    assert m.contiguous(50, 1, 0b1111) == make_loc(1, 500)
+    m.set(40, make_loc(1, 110), 0b0111)  # partly valid
+    assert m.contiguous(39, 2, 0b1111) == NONE and m.contiguous(40, 1, 0b0111) == make_loc(1, 110)
+    m.set_run(200, 2, make_loc(2, (1 << 32) - 1), 0b1111)  # would cross into "file 3"
+    assert m.contiguous(200, 2, 0b1111) == NONE
