@@ -15,7 +15,9 @@ Side by side, in the same run and on the same traces:
   * a plain-Python reference cache (OrderedDict LRU; deque FIFO) fed one access at a time,
     and the ratio model / reference.
 Targets (issue 3): >= 2 M accesses/s on hits, >= 200 k faults/s. Each figure is the median of
---repeat runs (default 3); misses are printed so runs can be checked against each other.
+--repeat rounds (default 3); a round runs every measurement once, interleaved, so background load
+affects the model and the reference alike. Misses are printed so runs can be checked against each
+other (kernel, simulator and reference must agree exactly for the reference policies).
 
 Usage: scripts/bench_vmcore.py [--memory 64MiB] [--repeat 3] [--quick] [--json FILE] [--profile]
 `--profile` also prints the top of a cProfile of the fault-heavy replay for each policy.
@@ -108,7 +110,8 @@ def sim_run(policy, nframes, pages):
 
 
 def policy_micro(policy, nframes, repeat):
-    """Raw policy costs: `referenced` on one 1 M-hit batch, and eviction cycles."""
+    """Raw policy costs: `referenced` on one 1 M-hit batch, and cycles of a 3-hit `referenced`,
+    `select_victim` and `inserted` (what the kernel calls around one fault)."""
     rng = np.random.default_rng(9)
     batch = rng.integers(0, nframes, 1 << 20)
 
@@ -190,35 +193,39 @@ def main(argv=None):
               f"{fmt_rate(n / secs)} acc  {fmt_rate(misses / secs)} faults", file=sys.stderr)
         return r
 
-    # plain-Python references, one access at a time
-    refs = {}
-    for trace, pages in traces.items():
-        lst = pages.tolist()
-        for name, mk in (("lru", ref_lru), ("fifo", ref_fifo)):
-            secs, misses = median_run(lambda: mk(lst)(nframes), args.repeat)
-            refs[trace, name] = row("python-ref", name, trace, secs, misses)
-    # the policy objects alone, through the vectorised simulator
-    sims = {}
-    for policy in POLICIES[1:]:
-        for trace, pages in traces.items():
-            secs, misses = median_run(sim_run(policy, nframes, pages), args.repeat)
-            sims[policy, trace] = row("policy-sim", policy, trace, secs, misses)
+    # Rounds interleave every measurement (python reference, policy simulator, kernel) so that
+    # load from other processes on the machine hits them alike; each figure is a median over rounds.
+    samples: dict = {}
+    lists = {t: p.tolist() for t, p in traces.items()}
+    atraces = {t: AccessTrace.from_pages(p) for t, p in traces.items()}
+    warm = {t: (nframes // 2 if t == "hits" else 0) for t in traces}  # the kernel's untimed warm-up
+    for rnd in range(args.repeat):
+        print(f"round {rnd + 1}/{args.repeat}", file=sys.stderr)
+        for trace in traces:
+            for name, mk in (("lru", ref_lru), ("fifo", ref_fifo)):
+                samples.setdefault(("python-ref", name, trace), []).append(mk(lists[trace])(nframes))
+            for policy in POLICIES[1:]:
+                samples.setdefault(("policy-sim", policy, trace), []).append(
+                    sim_run(policy, nframes, traces[trace])())
+            for policy in POLICIES:
+                samples.setdefault(("kernel", policy, trace), []).append(
+                    kernel_run(policy, memory, atraces[trace], warm[trace])())
+
+    def med(key):
+        runs = samples[key]
+        return statistics.median(r[0] for r in runs), runs[-1][1]
+
+    refs = {(t, n): row("python-ref", n, t, *med(("python-ref", n, t))) for t in traces for n in ("lru", "fifo")}
+    sims = {(p, t): row("policy-sim", p, t, *med(("policy-sim", p, t))) for p in POLICIES[1:] for t in traces}
+    kern = {(p, t): row("kernel", p, t, *med(("kernel", p, t)), warm[t]) for p in POLICIES for t in traces}
     micro = {p: policy_micro(p, nframes, args.repeat) for p in POLICIES[1:]}
     results["policy_micro"] = {p: {"referenced_hits_per_s": h, "evict_insert_per_s": e}
                                for p, (h, e) in micro.items()}
-    # the real kernel replay path
-    kern = {}
-    for policy in POLICIES:
-        for trace, pages in traces.items():
-            tr = AccessTrace.from_pages(pages)
-            warm = nframes // 2 if trace == "hits" else 0
-            secs, misses = median_run(kernel_run(policy, memory, tr, warm), args.repeat)
-            kern[policy, trace] = row("kernel", policy, trace, secs, misses, warm)
 
     # ---- the table ----
     print()
     print(f"vmcore replay benchmark: memory {args.memory} = {nframes} frames of {PS} bytes; median of "
-          f"{args.repeat} runs; traces: hits = {traces['hits'].size - nframes // 2} uniform accesses over {nframes // 2} "
+          f"{args.repeat} interleaved rounds; traces: hits = {traces['hits'].size - nframes // 2} uniform accesses over {nframes // 2} "
           f"pages (after one untimed first touch of each: the kernel's warm-up), "
           f"faults = loop of {traces['faults'].size} over {2 * nframes} pages, zipf = {traces['zipf'].size} "
           f"Zipf(0.9) accesses over {4 * nframes} pages")
@@ -241,13 +248,13 @@ def main(argv=None):
         print(f"{policy:<7s}| {fmt_rate(kh['accesses_per_s']):>13s} | {fmt_rate(kf['faults_per_s']):>13s} | "
               f"{fmt_rate(kz['accesses_per_s']):>15s} {fmt_rate(kz['faults_per_s']):>12s} | {sim} | {ref}")
     print()
-    print("policy objects alone: referenced() on one 1M-hit batch, and select_victim()+inserted() cycles")
+    print("policy objects alone: referenced() on one 1M-hit batch; cycles of referenced(3 hits) + "
+          "select_victim() + inserted()")
     for p, (h, e) in micro.items():
         ref = "  (no-op)  " if p == "fifo" else fmt_rate(h)
         print(f"  {p:<6s} referenced {ref} hits   evict+insert {fmt_rate(e)}")
     print()
     print("misses over the whole trace (kernel: measured + warm-up; reference policies must agree exactly):")
-    warm = {t: (nframes // 2 if t == "hits" else 0) for t in traces}  # compulsory misses of the warm-up
     for trace in traces:
         parts = [f"{p}={kern[p, trace]['misses'] + warm[trace]}" for p in POLICIES]
         sparts = [f"{p}={sims[p, trace]['misses']}" for p in POLICIES[1:]]
