@@ -47,10 +47,14 @@ def loc_cluster(loc: int) -> int:
 
 
 class _Chunk:
-    __slots__ = ("locs", "masks", "count")
+    """CHUNK object clusters: locs[i], masks[i], and deltas[i] = locs[i] - i (so a run of
+    consecutive locations is a run of equal deltas, checked with one C-level count)."""
+
+    __slots__ = ("locs", "masks", "deltas", "count")
 
     def __init__(self) -> None:
         self.locs = array("q", [NONE]) * CHUNK
+        self.deltas = array("q", [NONE]) * CHUNK
         self.masks = bytearray(CHUNK)
         self.count = 0
 
@@ -85,6 +89,7 @@ class SwapMap:
             ch = self._chunks[key] = _Chunk()
         old_loc, old_mask = ch.locs[i], ch.masks[i]
         ch.locs[i] = loc
+        ch.deltas[i] = loc - i
         ch.masks[i] = mask
         self.pages += _POPCOUNT[mask] - _POPCOUNT[old_mask]
         if old_mask == 0 and mask:
@@ -113,7 +118,7 @@ class SwapMap:
                 first = expect = loc
             elif loc != expect:
                 return NONE
-            if k > 1 and ch.locs[i:i + k] != array("q", range(loc, loc + k)):
+            if k > 1 and ch.deltas[i:i + k].count(loc - i) != k:
                 return NONE
             expect = loc + k
             ocl += k
@@ -145,6 +150,7 @@ class SwapMap:
                         olds.append((old_locs[j], old_masks[j]))
                         self.pages -= _POPCOUNT[old_masks[j]]
             ch.locs[i:i + k] = array("q", range(loc, loc + k))
+            ch.deltas[i:i + k] = array("q", (loc - i,)) * k
             ch.masks[i:i + k] = bytes((mask,)) * k
             ch.count += k - mapped
             self._clusters += k - mapped
