@@ -308,6 +308,9 @@ class VnodeFUSE(mfusepy.FUSE):
         self.trace = operations.trace
         self.latency = latency
         self.fid_of_fd = operations.fid_of_fd
+        self._tracing = self.trace.enabled
+        self._plain = not self._tracing and not latency.active  # nothing to measure: just call
+        self._append, self._pack = self.trace.append, self.trace.pack
         super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
 
     # -- the dispatcher: every libfuse callback passes through here ------------------------------
@@ -334,6 +337,14 @@ class VnodeFUSE(mfusepy.FUSE):
             return -errno.EFAULT
 
     def _traced(self, op, func, args):
+        if self._plain:
+            try:
+                return func(*args) or 0
+            except OSError as e:
+                return _neg_errno(e)
+            except Exception:
+                log.exception("vnodefs: %s raised; returning EIO", func.__name__)
+                return -errno.EIO
         ctx = _get_ctx().contents
         pid, uid = ctx.pid, ctx.uid
         t0 = _mono()
@@ -372,7 +383,8 @@ class VnodeFUSE(mfusepy.FUSE):
             fip = args[-1]
             fid = self.fid_of_fd.get(fip.contents.fh, 0) if result == 0 else \
                 self.trace.file_id(args[0].decode(self.encoding, self.errors))
-        self.trace.record(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags)
+        if self._tracing:
+            self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0))
         return result
 
     # -- zero-copy data path -------------------------------------------------------------------
