@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser, json_opt: bool = True) -> None:
 
 
 def add_profiles_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `profiles` (with list / show / rm) to an argparse subparsers object; returns its parser."""
+    """Add `profiles` (list / show / rm) to an argparse subparsers object; returns its parser."""
     pp = subparsers.add_parser(
         "profiles", help="list, show or remove launch working-set profiles (app_profile)",
         description="Launch profiles record the pages an application touched in its first "

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class ProfileMismatch(ProfileError, ValueError):
 # ---- identity and names ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AppIdentity:
-    """The executable a profile belongs to: its path, inode and mtime (ns). Equal identities match."""
+    """The executable a profile belongs to: path, inode and mtime (ns). Equal identities match."""
 
     path: str
     inode: int
@@ -194,7 +195,8 @@ def validate_file_path(path) -> str:
     """A profile file path: relative to the mount root, normalised, no '..', no NUL."""
     _check_str(path, "profiled file path", MAX_PATH_BYTES)
     if path.startswith("/"):
-        raise ValueError(f"profiled file path {path!r} is absolute; paths are relative to the mount")
+        raise ValueError(
+            f"profiled file path {path!r} is absolute; paths are relative to the mount")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"profiled file path {path!r} is not normalised (empty, '.' or '..' part)")
@@ -398,7 +400,8 @@ def _i64(v, what: str) -> int:
     return int(v)
 
 
-def _entries_from(firsts: Mapping[tuple[int, int], int], counts: Mapping | None = None) -> np.ndarray:
+def _entries_from(firsts: Mapping[tuple[int, int], int],
+                  counts: Mapping | None = None) -> np.ndarray:
     """Sorted ENTRY_DTYPE array from {(file index, page): first_ns}; order by (first_ns, key)."""
     n = len(firsts)
     e = np.zeros(n, dtype=ENTRY_DTYPE)
@@ -458,7 +461,8 @@ def merge_profiles(profiles: Iterable[Profile], min_count: int = 1) -> Profile:
         idx = np.lexsort((allv["order"], allv["first_ns"], allv["page"], allv["file"]))
         allv = allv[idx]
         newkey = np.ones(allv.size, dtype=np.bool_)
-        newkey[1:] = (allv["file"][1:] != allv["file"][:-1]) | (allv["page"][1:] != allv["page"][:-1])
+        newkey[1:] = ((allv["file"][1:] != allv["file"][:-1])
+                      | (allv["page"][1:] != allv["page"][:-1]))
         starts = np.flatnonzero(newkey)
         out = allv[starts].copy()  # earliest first_ns (and its order) of each key
         out["count"] = np.add.reduceat(allv["count"].astype(np.uint64), starts).astype(np.uint32)
@@ -675,7 +679,8 @@ class WorkingSetRecorder:
         self.wall_clock = wall_clock
         self.track_touched = track_touched
         self._rec: dict[int, _Recording] = {}  # id(task) -> recording
-        self._touched: dict[int, set] = {}  # id(task) -> {(object_id, page index)}
+        # task -> {(object_id, page index)}; weak, so a dropped task takes its set with it
+        self._touched: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.profiles: list[Profile] = []  # every profile produced, in order
         self.events = 0
         self.recorded = 0
@@ -701,7 +706,7 @@ class WorkingSetRecorder:
     def finish(self, task) -> Profile | None:
         """End task's recording now (task terminate); returns its Profile (None if not recorded or
         it touched nothing). Also forgets the task's touched set."""
-        self._touched.pop(id(task), None)
+        self._touched.pop(task, None)
         r = self._rec.pop(id(task), None)
         if r is None:
             return None
@@ -710,7 +715,7 @@ class WorkingSetRecorder:
     def forget(self, task) -> None:
         """Drop task's recording and touched set without producing a profile."""
         self._rec.pop(id(task), None)
-        self._touched.pop(id(task), None)
+        self._touched.pop(task, None)
 
     def poll(self) -> list[Profile]:
         """Close every recording whose window has passed (without waiting for a fault)."""
@@ -745,9 +750,9 @@ class WorkingSetRecorder:
         key = id(task)
         if self.track_touched:
             shift = task.kernel.page_shift
-            s = self._touched.get(key)
+            s = self._touched.get(task)
             if s is None:
-                s = self._touched[key] = set()
+                s = self._touched[task] = set()
             s.add((ev.object_id, ev.offset >> shift))
             if ev.base_object_id >= 0:
                 s.add((ev.base_object_id, ev.base_offset >> shift))
@@ -776,7 +781,7 @@ class WorkingSetRecorder:
     # ---- the kernel's working_set hook ----
     def contains(self, task, obj, pidx: int) -> bool:
         """Has `task` faulted on page pidx of obj (by object id) since it was created?"""
-        s = self._touched.get(id(task))
+        s = self._touched.get(task)
         return s is not None and (obj.id, pidx) in s
 
 
@@ -813,7 +818,8 @@ class PrefetchScore:
                 "missed": self.missed, "prefetched": self.prefetched}
 
 
-def score_prefetch(landed: Mapping[Any, float | None], first_touch: Mapping[Any, float]) -> PrefetchScore:
+def score_prefetch(landed: Mapping[Any, float | None],
+                   first_touch: Mapping[Any, float]) -> PrefetchScore:
     """Score from {page key: time it landed, or None if it never did} for every prefetched page and
     {page key: first touch time} for every page the task touched. A page that landed exactly when
     it was touched is on time."""
@@ -933,7 +939,8 @@ class LazySeeder:
     def frame_of(self, page: int) -> int:
         return int(page) // self.frame_pages
 
-    def on_touch(self, path, page: int, exclude_touched: bool = False) -> list[tuple[Any, int, int]]:
+    def on_touch(self, path, page: int,
+                 exclude_touched: bool = False) -> list[tuple[Any, int, int]]:
         """Requests (path, first_page, npages) for the frame holding `page`, once; else []."""
         chunk = self._frames.pop((path, int(page) // self.frame_pages), None)
         if chunk is None:

@@ -32,9 +32,9 @@ def cli(*argv: str, cwd=None) -> subprocess.CompletedProcess:
 def var(tmp_path):
     v = tmp_path / "var"
     s = AppProfileStore(v, report=lambda line: None)
-    p = Profile.from_touches(IDENT, 501, "app", [("lib/a.so", 3, 20), ("lib/a.so", 4, 30),
-                                                 ("data/db", 9, 10)], [(0x10, 5)],  # virtual page 0x10 = address 0x10000
-                             created_ns=1_700_000_000 * 10**9)
+    files = [("lib/a.so", 3, 20), ("lib/a.so", 4, 30), ("data/db", 9, 10)]
+    anon = [(0x10, 5)]  # virtual page 0x10 = address 0x10000
+    p = Profile.from_touches(IDENT, 501, "app", files, anon, created_ns=1_700_000_000 * 10**9)
     s.save(p)
     s.save(p.replace(app="tool", uid=0, launches=2))
     return v

@@ -171,7 +171,8 @@ def test_codec_round_trips_every_field_of_a_100k_page_profile():
     assert len(data) == HEADER_SIZE + p.npages * 32 + len(data) - HEADER_SIZE - p.npages * 32
     q = decode_profile(data)
     assert q == p
-    for f in ("identity", "uid", "app", "created_ns", "window_ns", "launches", "page_size", "files"):
+    for f in ("identity", "uid", "app", "created_ns", "window_ns", "launches", "page_size",
+              "files"):
         assert getattr(q, f) == getattr(p, f), f
     assert np.array_equal(q.entries, p.entries) and q.entries.dtype == ENTRY_DTYPE
     assert encode_profile(q) == data  # deterministic
