@@ -100,15 +100,15 @@ class SwapPager(Pager):
     # ---- pagein -------------------------------------------------------------------------------
 
     def data_request(self, offset: int, pages: Sequence[Buffer]) -> list[PagerResult]:
-        self._check_args(offset, pages)
+        ps, cp = self.page_size, self.cluster_pages
         n = len(pages)
+        if offset % ps or offset < 0 or not n:
+            raise ValueError(f"unaligned offset {offset} or empty page list")
         pool = self.pool
         with pool._lock:
-            dead = self._dead()
-            if dead:
-                self._fail(dead)
+            if pool.closed or not self.alive:
+                self._fail(self._dead())
                 return [ERROR] * n
-            ps, cp = self.page_size, self.cluster_pages
             cb = ps * cp
             p0 = offset // ps
             # fast path: the whole request lies in consecutive, fully valid clusters of one file

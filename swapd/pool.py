@@ -416,8 +416,11 @@ class SwapPool:
         c["pageins"] += ok
         c["pagein_requests"] += 1
         c["reads"] += reads
-        c["error_pages"] += error
-        self._note_change()
+        if error:
+            c["error_pages"] += error
+        self._status_dirty = True  # _note_change() inlined: this is the pagein fast path
+        if time.monotonic() - self._status_written >= self.status_interval:
+            self._write_status()
 
     def _note_enospc(self) -> None:
         self.counters["enospc"] += 1

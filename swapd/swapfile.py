@@ -232,10 +232,18 @@ class SwapFile:
     def read(self, offset: int, bufs: Sequence) -> None:
         """preadv whole pages at byte `offset` into `bufs`; holes read as zeros. A short read means
         the file shrank under us: SwapFileDamaged."""
-        self.check()
         fd = self.fd
-        i = 0
+        if self.damaged is not None or fd < 0:
+            self.check()
+        st = os.fstat(fd)  # check() inlined: this is the pagein fast path
+        if st.st_nlink == 0 or st.st_size < self.size:
+            self.check()
         n = len(bufs)
+        if n <= IOV_MAX:
+            got = os.preadv(fd, bufs, offset)
+            if got == n * self.page_size:
+                return
+        i = 0
         while i < n:
             chunk = bufs[i:i + IOV_MAX]
             want = len(chunk) * self.page_size

@@ -31,6 +31,7 @@ NONE = -1  #: no location
 CHUNK = 32  #: object clusters per chunk (FreeBSD SWAP_META_PAGES is 32 pages)
 _SHIFT = 32
 _POPCOUNT = bytes(bin(i).count("1") for i in range(256))
+_MASK_RUNS = [bytes((m,)) * CHUNK for m in range(256)]  # CHUNK copies of each mask byte
 
 
 def make_loc(file_number: int, cluster: int) -> int:
@@ -107,11 +108,13 @@ class SwapMap:
         exactly `mask` to consecutive clusters of one file, else NONE. The pagein fast path: one
         comparison per chunk instead of a lookup per cluster."""
         first = NONE
+        want = _MASK_RUNS[mask]
+        chunks = self._chunks
         while count > 0:
             key, i = divmod(ocl, CHUNK)
-            k = min(CHUNK - i, count)
-            ch = self._chunks.get(key)
-            if ch is None or ch.masks[i:i + k] != bytes((mask,)) * k:
+            k = CHUNK - i if CHUNK - i < count else count
+            ch = chunks.get(key)
+            if ch is None or ch.masks[i:i + k] != want[:k]:
                 return NONE
             loc = ch.locs[i]
             if first == NONE:
@@ -123,7 +126,7 @@ class SwapMap:
             expect = loc + k
             ocl += k
             count -= k
-        if loc_file(first) != loc_file(expect - 1):
+        if first >> _SHIFT != (expect - 1) >> _SHIFT:
             return NONE
         return first
 
