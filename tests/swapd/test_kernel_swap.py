@@ -15,12 +15,14 @@ import tempfile
 from pathlib import Path
 
 import hypothesis.strategies as hst
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant, rule
 
 from swapd import SwapPool
 from swapd.swapmap import loc_cluster, loc_file
 from vmcore.clock import ManualClock
+from vmcore.errors import PagerIOError
 from vmcore.kernel import Kernel
 
 MiB = 1 << 20
@@ -104,6 +106,55 @@ def test_fork_cow_and_swap(tmp_path):
             child.terminate()
             parent.terminate()
             assert pool.status()["total"]["used_slots"] == 0
+        finally:
+            k.close()
+
+
+def test_swap_file_deleted_under_a_task_is_a_clear_fault_error(tmp_path):
+    swapdir = str(tmp_path / "vm")
+    with SwapPool(swapdir) as pool:
+        k = Kernel(memory="1MiB", page_size=PS, default_pager=pool.pager_factory())
+        try:
+            t = k.task_create("victim")
+            a = t.vm_allocate(4 * MiB)
+            for off in range(0, 4 * MiB, 64 * 1024):
+                t.write(a + off, pattern(off, 64 * 1024))
+            os.unlink(os.path.join(swapdir, "swapfile0"))
+            with pytest.raises(PagerIOError) as ei:
+                t.read(a, PS)  # the first pages went to swapfile0
+            msg = str(ei.value)
+            assert "KERN_MEMORY_ERROR" in msg
+            assert os.path.join(swapdir, "swapfile0") + " was deleted" in msg
+            st = pool.status()
+            assert not st["healthy"] and st["files"][0]["state"] == "damaged"
+        finally:
+            k.close()
+
+
+def test_kernel_keeps_pages_dirty_when_the_pool_is_full(tmp_path):
+    """A size-capped pool: pageout gets AGAIN, the kernel keeps the pages, nothing is lost;
+    once the task frees memory the rest can go out."""
+    from vmcore.errors import ResourceShortage
+
+    with SwapPool(str(tmp_path / "vm"), max_bytes=1 * MiB) as pool:
+        k = Kernel(memory="1MiB", page_size=PS, default_pager=pool.pager_factory())
+        try:
+            t = k.task_create("hog")
+            a = t.vm_allocate(4 * MiB)
+            written = 0
+            with pytest.raises(ResourceShortage):
+                for off in range(0, 4 * MiB, PS):
+                    t.write(a + off, pattern(off, PS))
+                    written = off + PS
+            assert written >= MiB, "the pool's 1 MiB plus some memory must have been used"
+            st = pool.status()
+            assert st["failures"] > 0 and st["growth_failures"] > 0
+            assert "is full and cannot grow" in k.last_pageout_error
+            # the task gives memory back: its last 1 MiB (resident, dirty) goes away
+            keep = written - MiB
+            t.vm_deallocate(a + keep, 4 * MiB - keep)
+            for off in range(0, keep, PS):
+                assert t.read(a + off, PS) == pattern(off, PS), f"page at {off} lost"
         finally:
             k.close()
 
