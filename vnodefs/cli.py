@@ -43,6 +43,8 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
     p.add_argument("--cache", default="page", choices=("page", "direct"), help=CACHE_HELP)
     p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--xattr", action="store_true", help="serve extended attributes too (off by default: "
+                   "the kernel then asks for security.capability before every write, one extra request each)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +134,8 @@ def cmd_mount(args) -> int:
         validate(args.source, args.mountpoint, trace, args.latency, args.cache)
         if args.foreground:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
-                      "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only}
+                      "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
+                      "xattr": args.xattr}
 
             def ready(msg):
                 print(f"vnodefs: mounted {args.source} on {args.mountpoint} (foreground; Ctrl-C or "
@@ -140,7 +143,7 @@ def cmd_mount(args) -> int:
 
             return serve(config, ready=ready)
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
-                  read_only=args.read_only)
+                  read_only=args.read_only, xattr=args.xattr)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
@@ -182,7 +185,7 @@ def cmd_run(args, command: list[str]) -> int:
             return _err("run", f"cannot write JSON file {args.json}")
     try:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
-                                      read_only=args.read_only)
+                                      read_only=args.read_only, xattr=args.xattr)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127

@@ -50,7 +50,7 @@ def substitute(args: list[str], mnt: str) -> list[str]:
 
 
 def run_command(source: str, command: list[str], trace: str | None, latency: str = "none",
-                cache: str = "page", read_only: bool = False, env: dict | None = None,
+                cache: str = "page", read_only: bool = False, xattr: bool = False, env: dict | None = None,
                 log=lambda msg: None) -> tuple[int, dict]:
     """Run `command` against a fresh mount of `source`; return (exit status, summary dict).
     Raises MountError for bad input or a failed mount (nothing is left mounted)."""
@@ -65,7 +65,7 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
     status = 0
     ru = None
     t0 = t1 = 0.0
-    with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only) as m:
+    with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only, xattr=xattr) as m:
         mnt = m.mountpoint
         argv = substitute(command, mnt)
         child_env = dict(os.environ if env is None else env)

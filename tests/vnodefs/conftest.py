@@ -31,14 +31,14 @@ def _force_unmount(mnt: str) -> None:
 def vmount(tmp_path):
     made = []
 
-    def make(cache="page", latency="none", trace=True, read_only=False, name="m"):
+    def make(cache="page", latency="none", trace=True, read_only=False, name="m", xattr=False):
         src = tmp_path / f"{name}-src"
         mnt = tmp_path / f"{name}-mnt"
         src.mkdir(exist_ok=True)
         mnt.mkdir(exist_ok=True)
         tpath = str(tmp_path / f"{name}.vtrace") if trace else None
         made.append(str(mnt))
-        m = mount(str(src), str(mnt), trace=tpath, latency=latency, cache=cache, read_only=read_only)
+        m = mount(str(src), str(mnt), trace=tpath, latency=latency, cache=cache, read_only=read_only, xattr=xattr)
         m.src = str(src)
         m.trace_path = tpath
         return m

@@ -115,7 +115,7 @@ def test_shared_mmap_in_direct_mode_is_refused_with_enodev(vmount):
 
 
 def test_namespace_semantics(vmount):
-    m = vmount(cache="page")
+    m = vmount(cache="page", xattr=True)
     M, S = m.mountpoint, m.src
     j = os.path.join
     with open(j(M, "a"), "wb") as fh:
@@ -172,7 +172,7 @@ def test_namespace_semantics(vmount):
             fh.write(b"x")
         os.unlink(j(M, f"tmp{i}"))
     assert sorted(os.listdir(M)) == sorted(os.listdir(S)) == ["h"]
-    # xattrs
+    # xattrs (served with --xattr)
     os.setxattr(j(M, "h"), "user.vnodefs", b"v1")
     assert os.getxattr(j(S, "h"), "user.vnodefs") == b"v1"
     assert "user.vnodefs" in os.listxattr(j(M, "h"))
