@@ -1,7 +1,8 @@
-"""`swapd` command line: inspect a swap pool directory.
+"""`swapd` command line: inspect a swap pool directory and the launch-profile tree.
 
 Owns: `main(argv) -> int` and the `swapd status [DIR] [--json]` command. Works from any process,
-with or without a live pool on DIR (swapd.status). Bad input: one line on stderr, exit status 2
+with or without a live pool on DIR (swapd.status). `swapd profiles list|show|rm` is defined in
+swapd.profiles_cli (issue 5) and only hooked in here. Bad input: one line on stderr, exit status 2
 (usage) or 1 (the directory cannot be read).
 """
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("directory", nargs="?", default=DEFAULT_DIR, metavar="DIR",
                     help=f"the swap directory (default: {DEFAULT_DIR})")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
+    from swapd.profiles_cli import add_profiles_parser
+
+    add_profiles_parser(sub)
     return parser
 
 
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "profiles":
+        from swapd.profiles_cli import run_profiles
+
+        return run_profiles(args)
     if args.command == "status":
         try:
             st = read_status(args.directory)

@@ -105,3 +105,13 @@ def test_bad_input_one_line_on_stderr(tmp_path):
     assert r.returncode == 1 and r.stderr == f"swapd: {f} is not a directory\n"
     r = swapd("frobnicate")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_profiles_command_is_hooked_in(tmp_path):
+    """`swapd profiles ...` (issue 5's command, defined in swapd.profiles_cli) runs from the main
+    `swapd` entry point."""
+    r = swapd("profiles", "list", "--var", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "app_profile" in r.stdout
+    r = swapd("profiles", "show", "../escape", "--var", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("swapd: ")
