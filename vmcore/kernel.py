@@ -53,6 +53,10 @@ USER_MAX_ADDRESS = 1 << 47
 
 
 class Kernel:
+    #: the Task class this kernel creates (task_create, fork); the wiring layer (vmcore.lab) sets a
+    #: subclass that adds file mappings and launch profiles. None: vmcore.task.Task.
+    task_class = None
+
     def __init__(self, memory: int | str = "64MiB", page_size: int = 4096, policy="mach",
                  default_pager=None, clock=None, ncpu: int = 1, event_sink=None):
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 512 \
@@ -337,7 +341,7 @@ class Kernel:
             raise InvalidArgument("kernel is closed")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"task name {name!r} must be a non-empty string")
-        t = Task(self, name)
+        t = (self.task_class or Task)(self, name)
         return t
 
     def make_memory_entry(self, task, addr: int, size: int, prot="rw"):

@@ -634,7 +634,7 @@ class Task:
         """A child task whose address space follows each entry's inheritance."""
         self._alive()
         k = self.kernel
-        child = Task(k, name or f"{self.name}-child")
+        child = type(self)(k, name or f"{self.name}-child")
         child.parent = self
         cm = child.map
         for e in list(self.map.entries):
