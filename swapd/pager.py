@@ -115,7 +115,7 @@ class SwapPager(Pager):
             first_ocl = p0 // cp
             loc = self.map.contiguous(first_ocl, (p0 + n - 1) // cp - first_ocl + 1, self._full)
             if loc != NONE:
-                f = self._files()[loc >> 32]
+                f = pool.space.files[loc >> 32]
                 try:
                     f.read((loc & 0xFFFFFFFF) * cb + (p0 - first_ocl * cp) * ps, pages)
                 except SwapFileDamaged as e:
