@@ -239,6 +239,9 @@ class SwapPager(Pager):
                 for ocl, i, count in unplaced:
                     for q in range(count):
                         partial.append((ocl + q, i + q * cp, 0, cp))
+            for ocl, i, count in spans:  # hit by damaged files twice: one cluster at a time
+                for q in range(count):
+                    partial.append((ocl + q, i + q * cp, 0, cp))
             for ocl, i, slot, k in partial:
                 writes += self._write_partial(ocl, i, slot, k, pages, res, free_later)
             if free_later:

@@ -366,3 +366,20 @@ def test_size_capped_pool_answers_again_and_loses_nothing(make_pool, swapdir, kw
         model.pop(i)
     assert fill(p, 16, 8, 4, model) == [OK] * 8
     read_all(p, model)
+
+
+def test_pageout_survives_every_file_being_deleted_behind_its_back(make_pool, swapdir):
+    """Two damaged files found one after the other during one pageout: the pages still go out,
+    to a new file, and read back."""
+    pool = make_pool()
+    p = pool.pager_factory()(64 * MiB)
+    model = {}
+    fill(p, 0, 300, 1, model)  # swapfile0 full, swapfile1 partly used
+    p.data_discard(0, 8)  # two free clusters in swapfile0
+    for n in ("swapfile0", "swapfile1"):
+        os.unlink(os.path.join(swapdir, n))
+    fresh = {}
+    assert fill(p, 1000, 8, 2, fresh) == [OK] * 8
+    read_all(p, fresh)
+    assert names(swapdir) == ["swapfile2"]
+    assert {f["state"] for f in pool.status()["files"][:2]} == {"damaged"}
