@@ -383,3 +383,19 @@ def test_pageout_survives_every_file_being_deleted_behind_its_back(make_pool, sw
     read_all(p, fresh)
     assert names(swapdir) == ["swapfile2"]
     assert {f["state"] for f in pool.status()["files"][:2]} == {"damaged"}
+
+
+def test_tick_reports_a_refused_removal(make_pool, swapdir):
+    """A low-water decision the rest of the pool cannot absorb is refused by tick, with why."""
+    pool = make_pool(lo_water=700_000, hi_water=100_000, lo_checks=1, check_interval=0.0)
+    p = pool.pager_factory()(64 * MiB)
+    model = {}
+    fill(p, 0, 300, 1, model)  # swapfile0 full (256 pages), 44 pages in swapfile1
+    assert len(pool.space) == 2
+    msg = pool.tick(0.0)  # free 980 KiB > 700000 B: shrink, but swapfile0 has no room
+    assert msg == ("refused to remove swapfile1: the other swap files have 0 free pages, "
+                   "need 100 + 44 used in swapfile1 = 144")
+    assert pool.status()["last_action"] == msg and names(swapdir) == ["swapfile0", "swapfile1"]
+    p.data_discard(0, 200)  # now swapfile0 has 200 free pages: the next check removes it
+    assert pool.tick(1.0).startswith("removed swapfile1 after moving 11 clusters")
+    read_all(p, {k: v for k, v in model.items() if k >= 200})
