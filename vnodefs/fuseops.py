@@ -308,6 +308,27 @@ _OPEN, _CREATE, _TRUNC, _FALLOC = OPS["open"], OPS["create"], OPS["truncate"], O
 _tls = threading.local()
 
 
+def _read_into(fd: int, buf, size: int, offset: int) -> int:
+    """pread straight into libfuse's reply buffer (no bytes object, no memmove)."""
+    view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
+    got = os.preadv(fd, [view], offset)
+    while 0 < got < size:  # a short read before EOF would read as zeros: finish it
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _write_from(fd: int, buf, size: int, offset: int) -> int:
+    """pwrite straight from libfuse's request buffer."""
+    view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
+    done = os.pwrite(fd, view, offset)
+    while done < size:
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
+
+
 def _pin_thread_state() -> None:
     """Keep this libfuse worker thread's Python thread state alive between callbacks.
 
@@ -316,6 +337,7 @@ def _pin_thread_state() -> None:
     threading.local, per request). One extra PyGILState_Ensure that is never released pins it."""
     ctypes.pythonapi.PyGILState_Ensure()
     _tls.pinned = True
+    _tls.ctx = _get_ctx().contents
 
 
 def _neg_errno(e: OSError) -> int:
@@ -332,6 +354,8 @@ class VnodeFUSE(mfusepy.FUSE):
         self.fid_of_fd = operations.fid_of_fd
         self._tracing = self.trace.enabled
         self._plain = not self._tracing and not latency.active  # nothing to measure: just call
+        self._heads = latency.heads
+        self._lat_active = latency.active
         self._append, self._pack = self.trace.append, self.trace.pack
         super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
 
@@ -369,21 +393,32 @@ class VnodeFUSE(mfusepy.FUSE):
             except Exception:
                 log.exception("vnodefs: %s raised; returning EIO", func.__name__)
                 return -errno.EIO
-        ctx = _get_ctx().contents
+        ctx = _tls.ctx  # libfuse's per-thread context struct: its address is fixed per thread
         pid, uid = ctx.pid, ctx.uid
         t0 = _mono()
         delay = 0
         flags = 0
         offset = length = 0
         fid = 0
-        if op == _READ or op == _WRITE:  # (path, buf, size, offset, fip)
+        if op == _READ or op == _WRITE:  # (path, buf, size, offset, fip): the hot path, inline
             length, offset = args[2], args[3]
-            fid = self.fid_of_fd.get(args[4].contents.fh, 0)
-            delay, seeked = self.latency.charge(fid, offset, length)
-            if seeked:
+            fd = args[4].contents.fh
+            fid = self.fid_of_fd.get(fd, 0)
+            heads = self._heads  # LatencyModel.charge, inlined (this is the per-request hot path)
+            if heads.get(fid) != offset:
                 flags = FLAG_SEEK
-            if delay:
+            heads[fid] = offset + length
+            if self._lat_active:
+                delay = self.latency.delay_ns(flags, length)
                 _sleep(delay / 1e9)
+            try:
+                result = (_read_into if op == _READ else _write_from)(fd, args[1], length, offset)
+            except OSError as e:
+                result = _neg_errno(e)
+            if self._tracing:
+                self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op,
+                                        flags, 0))
+            return result
         elif op == _OPEN or op == _CREATE:
             pass
         else:
@@ -413,23 +448,10 @@ class VnodeFUSE(mfusepy.FUSE):
 
     # -- zero-copy data path -------------------------------------------------------------------
     def read(self, path, buf, size, offset, fip):
-        fd = fip.contents.fh
-        view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
-        got = os.preadv(fd, [view], offset)
-        while 0 < got < size:  # a short read before EOF would read as zeros: finish it
-            n = os.preadv(fd, [view[got:]], offset + got)
-            if n == 0:
-                break
-            got += n
-        return got
+        return _read_into(fip.contents.fh, buf, size, offset)
 
     def write(self, path, buf, size, offset, fip):
-        fd = fip.contents.fh
-        view = memoryview((_char_array * size).from_address(_addressof(buf.contents))).cast("B")
-        done = os.pwrite(fd, view, offset)
-        while done < size:
-            done += os.pwrite(fd, view[done:], offset + done)
-        return done
+        return _write_from(fip.contents.fh, buf, size, offset)
 
     # -- operations mfusepy would get slightly wrong for a passthrough ----------------------------
     def rename_fuse_3(self, old, new, flags):

@@ -78,12 +78,18 @@ class LatencyModel:
         self._seek_ns = int(spec.seek_us * 1000)
         # ns per byte = 1e9 / (mbps * 1e6)
         self._ns_per_byte = (1000.0 / spec.mbps) if spec.mbps > 0 else 0.0
-        self._head: dict[int, int] = {}
+        #: file id -> end of the previous read/write on it (the "head"); the FUSE dispatcher
+        #: updates it inline, exactly as charge() does
+        self.heads: dict[int, int] = {}
 
     def charge(self, file: int, offset: int, length: int) -> tuple[int, bool]:
         """(delay_ns, seeked) for a request, and move the file's head to its end."""
-        seeked = self._head.get(file) != offset
-        self._head[file] = offset + length
+        seeked = self.heads.get(file) != offset
+        self.heads[file] = offset + length
         if not self.active:
             return 0, seeked
-        return (self._seek_ns if seeked else 0) + int(length * self._ns_per_byte), seeked
+        return self.delay_ns(seeked, length), seeked
+
+    def delay_ns(self, seeked: bool, length: int) -> int:
+        """The modelled time of a request of `length` bytes that did / did not seek."""
+        return (self._seek_ns if seeked else 0) + int(length * self._ns_per_byte)
