@@ -24,6 +24,13 @@ time: 8/4/2 pages by file size), further pages only when the kernel's working-se
 task touched them (issue 5). RANDOM behaviour disables clustering. Reference policies never cluster.
 Deactivate-behind follows 5.2 (sequential / rseqntl / default runs of 256).
 
+Submaps: a nested entry (use_pmap true) enters its translation in the submap's shared pmap, so
+every task mapping the submap sees it; such a translation allows writes only if every nested parent
+does. A copy-on-write submap entry (use_pmap false, needs_copy: the shared region's data) maps the
+submap's pages read-only, and its first write turns the submap entry under the address into a
+private needs_copy entry of the task (`submap_cow_extract`), then faults again: the write copies
+the page into the task's own shadow object.
+
 Caveats: the frame found for a copy-up or a pagein is held busy while frames are grabbed, so the
 pageout scan cannot steal it; a reference policy that picks a busy frame is handed it back.
 """
@@ -85,8 +92,20 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
         prot = e.protection
         if not prot & (VM_PROT_WRITE if write else VM_PROT_READ):
             resolve_entry(task, addr, write)  # raises the ProtectionFailure
+        pe, pslot = e, slot
     else:
         e, oe, slot, eslot, prot = resolve_entry(task, addr, write)
+        pe, pslot = e, slot
+        if e.is_submap:
+            if e.needs_copy:
+                if write:  # copy-on-write submap (use_pmap false): take a private copy
+                    submap_cow_extract(k, task.map, e, addr)
+                    return vm_fault(k, task, addr, write)
+                prot &= ~VM_PROT_WRITE  # reads share the submap's page; the write must fault
+            elif e.use_pmap:  # nested: the translation goes into the submap's shared pmap
+                pe, pslot = e.object, (e.offset >> k.page_shift) + slot
+                if prot & VM_PROT_WRITE and not nested_writable(e.object, pslot):
+                    prot &= ~VM_PROT_WRITE
     stats = k.stats
     stats.faults += 1
     if k._owns_clock:
@@ -154,7 +173,7 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
         pm.dirty[f] = True
     pm.referenced[f] = True
     writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and top.copy is None
-    k.pmap_enter(e, slot, f, writable)
+    k.pmap_enter(pe, pslot, f, writable)
     sink = k._sink
     if sink is not None:
         base, boff = obj, p
@@ -166,6 +185,65 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
     if k.policy is None:
         _deactivate_behind(k, e, slot)
     return f
+
+
+def nested_writable(sub, gslot: int) -> bool:
+    """A shared (nested) translation may allow writes only if every nested parent mapping that
+    slot allows writes (the hit path trusts the translation)."""
+    off = gslot * sub.page_size
+    for pe in sub.parents:
+        if pe.use_pmap and pe.offset <= off < pe.offset + (pe.end - pe.start) \
+                and not pe.protection & VM_PROT_WRITE:
+            return False
+    return True
+
+
+def submap_cow_extract(k: "Kernel", vmmap, e, addr: int):
+    """A write through a copy-on-write submap entry (use_pmap false, needs_copy): the part of e
+    covered by the submap entry under addr becomes a private entry of vmmap over that entry's
+    object, needs_copy, so the write copies the page into the task's own shadow object
+    (vm_map_lookup_locked's cow_sub_map_parent path). A true_share object (anonymous memory of a
+    named region, which other tasks may write) is copied eagerly instead, as fork does.
+    Returns the new entry."""
+    from vmcore.map import VMMapEntry
+    from vmcore.types import Inherit
+
+    sub = e.object
+    saddr = e.offset + (addr - e.start)
+    se = sub.lookup(saddr)
+    if se is None:
+        raise InvalidAddress(f"address {addr:#x} (offset {saddr:#x} in submap {sub.name!r}) "
+                             f"is not mapped")
+    lo = max(e.start, e.start + se.start - e.offset)
+    hi = min(e.end, e.start + se.end - e.offset)
+    vmmap.clip(k, lo)
+    vmmap.clip(k, hi)
+    ce = vmmap.lookup(addr)
+    assert ce is not None and ce.is_submap and ce.start == lo and ce.end == hi
+    k.pmap_remove_range(ce)
+    vmmap.remove(ce)
+    sub.detach(ce)
+    obj = se.object
+    obj.ref_count += 1
+    ne = VMMapEntry(vmmap, lo, hi, obj, se.offset + (ce.offset - se.start),
+                    ce.protection & se.protection, ce.max_protection & se.max_protection,
+                    Inherit.COPY, se.behavior, needs_copy=True, tag=ce.tag)
+    if obj.true_share:  # others may write the original: copy it now (vm_object_copy_slowly)
+        new = object_copy_slowly(k, obj, ne.offset >> k.page_shift, ne.npages)
+        obj.ref_count -= 1
+        ne.object, ne.offset, ne.needs_copy = new, 0, False
+    if ce.wired_count and ce.wired_frames is not None:
+        ne.wired_count, ne.wired_frames = ce.wired_count, ce.wired_frames
+        if not ne.needs_copy:  # the eager copy holds other frames: move the wirings
+            for s_, f in enumerate(ce.wired_frames.tolist()):
+                nf = object_page_find(k, ne.object, s_)
+                for _ in range(ce.wired_count):
+                    k.frame_wire(nf)
+                    k.frame_unwire(f)
+                ne.wired_frames[s_] = nf
+    vmmap.insert(ne)
+    k.stats.submap_copies += 1
+    return ne
 
 
 def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:

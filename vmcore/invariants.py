@@ -10,7 +10,9 @@ Checks:
               ref_count == its counted references; shadowers sets match shadow pointers; no
               object shadows a dead object ("no orphaned shadows"); an anonymous object with
               shadowers is only mapped needs_copy (copy-on-write is never bypassed)
-  pmaps       every translation (entry slot -> frame) is in the frame's pv list and vice versa; the
+  pmaps       every translation (entry slot -> frame, or nested submap slot -> frame) is in the
+              frame's pv list and vice versa; a nested (use_pmap) entry's pmap is a view of its
+              submap's nested pmap at its offset; the
               frame holds the page the entry would see at that slot (the first resident page down
               its shadow chain); a writable translation maps a page of the entry's own object
   wiring      entries' wired frames are resident and wired; a frame's wire_count is at least the
@@ -121,10 +123,23 @@ def check(kernel, allow_open_upls: bool = False) -> None:
                 assert e.pmap[s] == f, f"pv of frame {f} says {e} slot {s}, which maps {e.pmap[s]}"
                 pv_count += 1
     mapped = 0
+    holders = []
     for e in entries:
         if e.map.is_submap:
             assert (e.pmap < 0).all(), "a submap's own entry has translations"
             continue
+        if e.nested:
+            sub = e.object
+            assert sub.pmap is not None, f"nested entry {e} but its submap has no nested pmap"
+            want = sub.pmap.__array_interface__["data"][0] + (e.offset >> k.page_shift) * 4
+            assert e.pmap.base is not None and e.pmap.__array_interface__["data"][0] == want \
+                and len(e.pmap) == e.npages, f"nested entry {e} does not view its submap's pmap"
+            continue
+        holders.append(e)
+    for sub in k.submaps:
+        if sub.pmap is not None:
+            holders.append(sub)
+    for e in holders:
         idx = np.flatnonzero(e.pmap >= 0)
         mapped += idx.size
         for s in idx.tolist():
@@ -161,9 +176,14 @@ def check(kernel, allow_open_upls: bool = False) -> None:
 
 
 def _visible(k, e, s: int):
-    """(frame the entry sees at slot s, the object owning writes there)."""
+    """(frame the entry (or a submap's nested pmap) sees at slot s, the object owning writes)."""
     shift = k.page_shift
-    if e.is_submap:
+    if getattr(e, "is_submap", False) and not hasattr(e, "start"):  # a VMMap: nested pmap slot
+        se = e.lookup(s << shift)
+        if se is None:
+            return None, None
+        e, s = se, ((s << shift) - se.start) >> shift
+    elif e.is_submap:
         saddr = e.offset + (s << shift)
         se = e.object.lookup(saddr)
         if se is None:

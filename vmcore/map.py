@@ -10,8 +10,19 @@ kernel's pmap_disconnect / pmap_remove when the page is freed, moved, copied up,
 protection changes. The reverse map (PhysicalMemory.pv) lists every (entry, slot) mapping a frame;
 clipping relabels those records.
 
+use_pmap (seed 004: "whether a submap's low-level mappings should be shared among all tasks into
+which the submap is mapped"): a submap entry with use_pmap true is *nested*: its `pmap` / `pmw`
+arrays are views into the submap's own translation arrays (`VMMap.pmap` / `VMMap.pmw`, one slot per
+page of the submap, made by `nested_pmap()`), so a translation entered by one task's fault is seen
+by every task that maps the submap (one translation, one pv record `(submap, submap slot)`). A
+submap entry with use_pmap false keeps private translations; if it is also needs_copy it is a
+copy-on-write submap mapping (the shared region's data): reads see the submap's objects, the first
+write extracts the submap entry into the task's own map as a private copy-on-write entry
+(vmcore.fault, as vm_map_lookup_locked's cow_sub_map_parent does).
+
 Invariants: entries are sorted, non-overlapping, page aligned, start < end; an entry's object
-offset is page aligned and the entry fits in its object; a submap entry's `object` is a VMMap.
+offset is page aligned and the entry fits in its object; a submap entry's `object` is a VMMap; a
+nested entry's pmap is a view of its submap's nested pmap at the entry's offset.
 Who calls: task.py (every vm_* call), fault.py (lookup), memory_entry.py (submaps), invariants.py.
 Caveats: addresses are Python ints in [map.min_address, map.max_address); 64-bit sparse.
 """
@@ -64,6 +75,11 @@ class VMMapEntry:
     def npages(self) -> int:
         return (self.end - self.start) // self.map.page_size
 
+    @property
+    def nested(self) -> bool:
+        """A submap entry sharing the submap's translations (use_pmap true)."""
+        return self.is_submap and self.use_pmap
+
     def __repr__(self) -> str:
         what = f"submap" if self.is_submap else f"obj={getattr(self.object, 'id', None)}"
         return (f"<entry {self.start:#x}-{self.end:#x} {what}+{self.offset:#x} prot={self.protection}"
@@ -87,6 +103,35 @@ class VMMap:
         self.version = 0
         self._np_cache = None  # (version, starts ndarray, ends ndarray)
         self.ref_count = 1
+        #: a submap's nested pmap (use_pmap): one translation slot per page of the submap; made on
+        #: first use by nested_pmap(); pv records of nested translations are (this map, slot)
+        self.pmap: np.ndarray | None = None
+        self.pmw: np.ndarray | None = None
+        #: a submap whose mappings may never be removed (the shared region: seed 003, "a shared
+        #: library cannot be unshared")
+        self.permanent = False
+
+    def nested_pmap(self) -> tuple[np.ndarray, np.ndarray]:
+        """The submap's shared translation arrays (created on first use)."""
+        if self.pmap is None:
+            n = self.max_address // self.page_size
+            self.pmap = np.full(n, -1, dtype=np.int32)
+            self.pmw = np.zeros(n, dtype=np.bool_)
+        return self.pmap, self.pmw
+
+    def attach(self, entry: "VMMapEntry") -> None:
+        """Register a parent entry that maps this submap (and nest its pmap when use_pmap)."""
+        self.ref_count += 1
+        self.parents.append(entry)
+        if entry.use_pmap:
+            pm, pw = self.nested_pmap()
+            lo = entry.offset // self.page_size
+            entry.pmap = pm[lo:lo + entry.npages]
+            entry.pmw = pw[lo:lo + entry.npages]
+
+    def detach(self, entry: "VMMapEntry") -> None:
+        self.parents[:] = [x for x in self.parents if x is not entry]
+        self.ref_count -= 1
 
     # ---- lookup ---------------------------------------------------------------------------------
     def lookup(self, addr: int) -> VMMapEntry | None:
@@ -163,6 +208,14 @@ class VMMap:
             right.wired_frames = e.wired_frames[k:]
             e.wired_frames = e.wired_frames[:k]
         e.end = addr
+        if e.is_submap:
+            e.object.ref_count += 1
+            e.object.parents.append(right)
+        elif e.object is not None:
+            e.object.ref_count += 1
+        self.insert(right)
+        if e.is_submap and e.use_pmap:
+            return  # nested: the pv records name the submap's slots, not this entry
         pv = kernel.pm.pv
         for s in np.flatnonzero(right.pmap >= 0).tolist():
             f = int(right.pmap[s])
@@ -171,12 +224,6 @@ class VMMap:
                 if pe is e and ps_ == s + k:
                     lst[j] = (right, s)
                     break
-        if e.is_submap:
-            e.object.ref_count += 1
-            e.object.parents.append(right)
-        elif e.object is not None:
-            e.object.ref_count += 1
-        self.insert(right)
 
     def entries_in(self, start: int, end: int) -> list[VMMapEntry]:
         """Entries overlapping [start, end), in order (no clipping)."""

@@ -10,6 +10,12 @@ copies of it (fork with copy inheritance, vm_map with copy=True) are eager. Each
 object reference until `release()`. Mapping it with Task.vm_map in two tasks gives them the same
 object: each sees the other's writes.
 
+use_pmap: a task maps a region nested (use_pmap true, the default: translations shared through
+the submap's nested pmap, so a structure change flushes that one pmap), unnested (private
+translations, flushed per parent), or copy-on-write (Task.vm_map(copy=True): use_pmap false,
+private pages after the first write). A permanent submap (the shared region) refuses
+vm_deallocate of its mappings.
+
 Named regions (submaps): `region.vm_allocate(size, offset=None)`, `region.vm_deallocate(offset,
 size)` and `region.vm_protect(...)` change the submap's structure; every task that mapped the
 region sees the change (their translations for the region are flushed). Faults resolve through the
@@ -59,6 +65,8 @@ class NamedEntry:
             sub = self.object
             sub.ref_count -= 1
             if sub.ref_count == 0:
+                if sub.pmap is not None:
+                    self.kernel.pmap_remove_range(sub)
                 for e in list(sub.entries):
                     _submap_entry_delete(self.kernel, sub, e)
                 if sub in self.kernel.submaps:
@@ -75,8 +83,15 @@ class NamedEntry:
         return self.object
 
     def _flush(self) -> None:
-        for pe in list(self.object.parents):
-            self.kernel.pmap_remove_range(pe)
+        """The submap's structure changed: remove the translations that show it (once in the
+        nested pmap, shared by every use_pmap parent; per parent for the others)."""
+        sub = self.object
+        k = self.kernel
+        if sub.pmap is not None:
+            k.pmap_remove_range(sub)
+        for pe in list(sub.parents):
+            if not pe.nested:
+                k.pmap_remove_range(pe)
 
     def vm_allocate(self, size: int, offset: int | None = None, prot="rw") -> int:
         """Allocate anonymous memory inside the region; returns its offset in the region."""
@@ -111,6 +126,10 @@ class NamedEntry:
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise InvalidArgument(f"size {size!r} must be a positive integer")
         start, end = offset // ps * ps, (offset + size + ps - 1) // ps * ps
+        if sub.permanent and sub.entries_in(start, end):
+            raise InvalidArgument(
+                f"submap {sub.name!r} is permanent: its mappings at {start:#x}-{end:#x} cannot be "
+                f"removed (a shared library cannot be unshared; make new regions instead)")
         sub.clip(k, start)
         sub.clip(k, end)
         for e in sub.entries_in(start, end):

@@ -24,7 +24,8 @@ class VMStats:
     __slots__ = ("faults", "cow_faults", "zero_fill", "reactivations", "pageins", "pageouts",
                  "hard_faults", "soft_faults", "pageout_failures", "cluster_pageins",
                  "pagein_requests", "pageout_requests", "deactivations", "scans", "evictions",
-                 "collapses", "bypasses", "lookups", "hits", "clean_frees", "deactivate_behind")
+                 "collapses", "bypasses", "lookups", "hits", "clean_frees", "deactivate_behind",
+                 "submap_copies")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -54,6 +55,7 @@ class VMStats:
             "Shadow bypasses": self.bypasses,
             "Object cache lookups": self.lookups,
             "Object cache hits": self.hits,
+            "Submap copies": self.submap_copies,
         }
 
 

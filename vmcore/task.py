@@ -78,6 +78,14 @@ class Region:
                 f"SM={self.share_mode:<3s} {self.detail}")
 
 
+def _unnest(e: VMMapEntry) -> None:
+    """pmap_unnest: a nested submap entry gets private (empty) translations; the submap's shared
+    translations stay for the other tasks."""
+    e.use_pmap = False
+    e.pmap = np.full(e.npages, -1, dtype=np.int32)
+    e.pmw = np.zeros(e.npages, dtype=np.bool_)
+
+
 def _as_int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise InvalidArgument(f"{what} {v!r} is not an integer")
@@ -185,12 +193,11 @@ class Task:
                         k.frame_unwire(f)
             e.wired_count = 0
             e.wired_frames = None
-        k.pmap_remove_range(e)
+        if not e.nested:  # a nested entry's translations belong to the submap (pmap_unnest)
+            k.pmap_remove_range(e)
         self.map.remove(e)
         if e.is_submap:
-            sub = e.object
-            sub.parents[:] = [x for x in sub.parents if x is not e]
-            sub.ref_count -= 1
+            e.object.detach(e)
             return
         obj = e.object
         if free_pages and obj.ref_count > 1:
@@ -216,7 +223,10 @@ class Task:
                 e.protection &= new
             else:
                 e.protection = new
-            self.kernel.pmap_remove_range(e)
+            if e.nested:
+                _unnest(e)  # the task's protection differs: it gets translations of its own
+            else:
+                self.kernel.pmap_remove_range(e)
 
     def vm_inherit(self, addr, size, inheritance) -> None:
         self._alive()
@@ -351,7 +361,7 @@ class Task:
             return b""
         self._check_access(addr, n, False)
         ps = self.kernel.page_size
-        frames = self.kernel.pm.frames
+        views = self.kernel.pm.views
         out = bytearray(n)
         pos = 0
         a = addr
@@ -359,7 +369,7 @@ class Task:
             off = a & (ps - 1)
             chunk = min(ps - off, n - pos)
             f = self._touch(a, False)
-            out[pos:pos + chunk] = memoryview(frames[f])[off:off + chunk]
+            out[pos:pos + chunk] = views[f][off:off + chunk]
             pos += chunk
             a += chunk
         return bytes(out)
@@ -377,14 +387,14 @@ class Task:
             return
         self._check_access(addr, n, True)
         ps = self.kernel.page_size
-        frames = self.kernel.pm.frames
+        views = self.kernel.pm.views
         pos = 0
         a = addr
         while pos < n:
             off = a & (ps - 1)
             chunk = min(ps - off, n - pos)
             f = self._touch(a, True)
-            frames[f, off:off + chunk] = buf[pos:pos + chunk]
+            views[f][off:off + chunk] = buf[pos:pos + chunk]
             pos += chunk
             a += chunk
 
@@ -527,8 +537,14 @@ class Task:
         return addr
 
     def vm_map(self, handle, size=None, offset=0, address=None, prot=None,
-               inheritance="shared", copy: bool = False, max_prot=None) -> int:
-        """Map a named entry (from Kernel.make_memory_entry / make_named_region)."""
+               inheritance="shared", copy: bool = False, max_prot=None, use_pmap=None,
+               tag: str | None = None) -> int:
+        """Map a named entry (from Kernel.make_memory_entry / make_named_region).
+
+        For a named region (submap): use_pmap (default: not copy) shares the submap's
+        translations with every other task that maps it nested; copy=True maps it copy-on-write
+        (use_pmap false): the task sees the submap's pages until it writes, and a write gives it
+        a private copy of that submap entry's pages (seed 004's shared-library DATA submap)."""
         from vmcore.memory_entry import NamedEntry
 
         self._alive()
@@ -553,19 +569,21 @@ class Task:
         inh = Inherit.parse(inheritance)
         addr = self._place(size, address)
         if handle.is_submap:
-            if copy:
-                raise InvalidArgument("a named region (submap) cannot be mapped by copy")
+            nest = (not copy) if use_pmap is None else bool(use_pmap)
+            if copy and nest:
+                raise InvalidArgument(
+                    "a submap mapped copy-on-write cannot share its translations (use_pmap=True)")
             sub = handle.object
             e = VMMapEntry(self.map, addr, addr + size, sub, handle.offset + offset, p, maxp,
                            Inherit.SHARE if inh == Inherit.COPY else inh, Behavior.DEFAULT,
-                           is_submap=True, tag="SUBMAP")
-            sub.ref_count += 1
-            sub.parents.append(e)
+                           is_submap=True, needs_copy=bool(copy), tag=tag or "SUBMAP")
+            e.use_pmap = nest
+            sub.attach(e)
         else:
             obj = handle.object
             obj.ref_count += 1
             e = VMMapEntry(self.map, addr, addr + size, obj, handle.offset + offset, p, maxp, inh,
-                           Behavior.DEFAULT, needs_copy=bool(copy), tag="shared memory")
+                           Behavior.DEFAULT, needs_copy=bool(copy), tag=tag or "shared memory")
             if copy and obj.true_share:
                 obj.ref_count -= 1
                 new = object_copy_slowly(k, obj, (handle.offset + offset) >> k.page_shift,
@@ -644,9 +662,11 @@ class Task:
             ce = VMMapEntry(cm, e.start, e.end, e.object, e.offset, e.protection,
                             e.max_protection, inh, e.behavior, e.is_submap, False, e.tag)
             if e.is_submap:
-                e.object.ref_count += 1
-                e.object.parents.append(ce)
-            elif inh == Inherit.SHARE:
+                ce.needs_copy = e.needs_copy
+                ce.use_pmap = e.use_pmap
+                e.object.attach(ce)
+            elif inh == Inherit.SHARE or e.object.kind == PagerKind.DEVICE:
+                ce.inheritance = Inherit.SHARE
                 if e.needs_copy:
                     k.entry_resolve_needs_copy(e)
                     ce.object, ce.offset = e.object, e.offset
@@ -730,9 +750,12 @@ class Task:
                 first = (se.offset + a - se.start) >> shift
                 r, d, s = self._page_counts(se.object, first, (b - a) >> shift)
                 res, dirty, swapped = res + r, dirty + d, swapped + s
+            how = ("nested pmap" if e.use_pmap else
+                   "copy-on-write, private pmap" if e.needs_copy else "private pmap")
             return Region(e.start, e.end, prot_str(e.protection), prot_str(e.max_protection),
-                          e.inheritance.label, e.behavior.label, SM_SHARED, res, dirty, swapped,
-                          None, f"submap {sub.name!r} +{e.offset:#x} ({len(sub.parents)} maps)",
+                          e.inheritance.label, e.behavior.label,
+                          SM_COW if e.needs_copy else SM_SHARED, res, dirty, swapped, None,
+                          f"submap {sub.name!r} +{e.offset:#x} ({len(sub.parents)} maps, {how})",
                           e.wired_count, True, 0, e.tag)
         obj = e.object
         res, dirty, swapped = self._page_counts(obj, e.offset >> shift, e.npages)
