@@ -122,6 +122,9 @@ class Kernel:
         self.tasks: dict[int, object] = {}
         self.named_entries: list = []
         self.submaps: list = []
+        #: the system shared regions new tasks get (vmcore.shared_region), and every set made
+        self.shared_regions = None
+        self.shared_region_sets: list = []
         self.upls: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
         self.ntracked = 0
@@ -342,6 +345,8 @@ class Kernel:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"task name {name!r} must be a non-empty string")
         t = (self.task_class or Task)(self, name)
+        if self.shared_regions is not None:
+            self.shared_regions.attach(t)
         return t
 
     def make_memory_entry(self, task, addr: int, size: int, prot="rw"):

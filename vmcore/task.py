@@ -105,6 +105,7 @@ class Task:
         self.created_at = kernel.clock.now()
         self.alive = True
         self.parent = None
+        self.shared_regions = None  # the vmcore.shared_region set this task maps
         kernel.tasks[self.id] = self
 
     def __repr__(self) -> str:
@@ -683,6 +684,8 @@ class Task:
                     ce.needs_copy = True
                     k.pmap_protect_entry(e)
             cm.insert(ce)
+        if self.shared_regions is not None:
+            self.shared_regions.task_forked(self, child)
         return child
 
     def terminate(self) -> None:
