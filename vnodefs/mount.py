@@ -482,7 +482,8 @@ def serve(config: dict, ready=None) -> int:
     watcher = threading.Thread(target=watch, name="vnodefs-ready", daemon=True)
     watcher.start()
     options = dict(foreground=True, fsname=f"vnodefs:{fsconf.source}", subtype="vnodefs",
-                   default_permissions=True, max_read=fsconf.max_read, use_ino=True, hard_remove=True)
+                   default_permissions=True, max_read=fsconf.max_read, use_ino=True, hard_remove=True,
+                   max_threads=16, max_idle_threads=16)
     if fsconf.read_only:
         options["ro"] = True
     status = 0
