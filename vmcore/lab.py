@@ -6,15 +6,28 @@ Owns: `Kernel`, the class users get from `from vmcore import Kernel`. It is the 
   * `swap=DIR`: anonymous memory is backed by swapd's default pager over a pool of real sparse swap
     files in DIR (Mach's default memory manager, registered here at start-up rather than through a
     global); the dynamic pager's watermark check runs after every pageout scan (model time).
-  * without `swap=`: the in-memory pager of vmcore.testing.
+  * without `swap=`: the in-memory pager of vmcore.testing (or, with `var=VAR`, swapd over VAR/vm);
+  * `files=SOURCE_DIR`: the kernel mounts SOURCE_DIR with vnodefs in `direct` cache mode (latency
+    model `latency=`, trace file `trace=`) and tasks map its files with `t.vm_map_file(path, ...)`
+    (vmcore.lab_files: one vnode object per file, page-ins and write-backs through the mount);
+  * `files=` and `var=` together: launch profiles under VAR/vm/app_profile (vmcore.lab_profiles):
+    `k.task_create(name, executable="bin/app", seed="eager"|"lazy"|"off", uid=None, record=None,
+    merge_min=None)` records a first launch and seeds later ones; `t.prefetch_score()`.
 
 This is the only vmcore module (with the CLI) that may import swapd and vnodefs: the model modules
 define the pager interface and know no backing store (tests/test_architecture.py holds that line).
 
 Caveats:
-  * Close the kernel (`k.close()` or a `with` block): that terminates the tasks, frees their swap,
-    deletes the swap files and releases the pool's lock. A kernel that is garbage-collected
-    unclosed still removes its swap files (swapd's finalizer).
+  * Close the kernel (`k.close()` or a `with` block): that terminates the tasks (writing launch
+    profiles still recording), writes back dirty file pages, unmounts the files mount, frees their
+    swap, deletes the swap files and releases the pool's lock. A kernel that is garbage-collected
+    unclosed still removes its swap files (swapd's finalizer) and its mount (lab_files'
+    finalizer, also at interpreter exit).
+  * Clustering: fault._cluster follows 10.4 (xnu.md 5.2): behaviour RANDOM disables clustering,
+    the others cluster alike; a task's first `launch_window` seconds get a small blind read-ahead
+    on file objects. `tws_cluster=True` also sets the kernel's working_set hook to the recorder:
+    clusters then widen over pages this task touched before (up to 64 pages, stopping at resident
+    pages), but fault._cluster then drops the blind read-ahead (a limitation of that module).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import os
 
 from vmcore import kernel as _model
 from vmcore.errors import InvalidArgument
+from vmcore.lab_files import FileSystem, FileTask
 
 
 class _KernelClock:
@@ -44,10 +58,21 @@ class Kernel(_model.Kernel):
     the model (vmcore.kernel.Kernel): default_pager, clock, ncpu, event_sink.
     """
 
+    task_class = FileTask
+
     def __init__(self, memory: int | str = "64MiB", page_size: int = 4096, policy="mach", *,
                  swap: str | os.PathLike | None = None, swap_scale: float = 1.0 / 64,
-                 swap_options: dict | None = None, **model):
+                 swap_options: dict | None = None, files: str | os.PathLike | None = None,
+                 var: str | os.PathLike | None = None, latency: str | None = "none",
+                 trace: str | os.PathLike | None = None, launch_window: float = 45.0,
+                 profile_merge_min: int | None = None, tws_cluster: bool = False,
+                 seed_max_gap: int | None = None, **model):
         self.swap_pool = None
+        self.files = None
+        self.profiles = None
+        self.var = os.fspath(var) if var is not None else None
+        if swap is None and var is not None and model.get("default_pager") is None:
+            swap = os.path.join(self.var, "vm")
         if swap is not None:
             if model.get("default_pager") is not None:
                 raise InvalidArgument("give either swap= or default_pager=, not both")
@@ -68,6 +93,63 @@ class Kernel(_model.Kernel):
             raise
         if self.swap_pool is not None:
             clock.kernel = self
+        if files is not None:
+            try:
+                self.files = FileSystem(self, files, latency=latency, trace=trace)
+                if var is not None:
+                    from vmcore.lab_profiles import SEED_MAX_GAP, LaunchProfiles
+
+                    self.profiles = LaunchProfiles(
+                        self, self.files, self.var, window_s=launch_window,
+                        merge_min=profile_merge_min,
+                        seed_max_gap=SEED_MAX_GAP if seed_max_gap is None else seed_max_gap)
+                    self.event_sink = self.profiles
+                    if tws_cluster:
+                        self.working_set = self.profiles
+            except BaseException:
+                self.close()
+                raise
+        elif trace is not None:
+            self.close()
+            raise InvalidArgument("trace= needs files= (the trace is the files mount's)")
+
+    @property
+    def trace_path(self) -> str | None:
+        """The vnodefs trace of the files mount (complete once the kernel is closed)."""
+        return self.files.trace_path if self.files is not None else None
+
+    @property
+    def mountpoint(self) -> str | None:
+        return self.files.mountpoint if self.files is not None else None
+
+    def task_create(self, name: str | None = None, executable=None, seed: str = "eager",
+                    uid: int | None = None, record: bool | None = None,
+                    merge_min: int | None = None, **kwargs):
+        """A new task. With `executable` (a path relative to files=): its launch profile is
+        recorded (first launch) or used to seed it (seed="eager" | "lazy" | "off")."""
+        if name is None:
+            name = os.path.basename(os.fspath(executable)) if executable is not None else "task"
+        t = super().task_create(name=name, **kwargs)
+        if executable is not None:
+            if self.profiles is None:
+                t.terminate()
+                raise InvalidArgument("task_create(executable=...) needs Kernel(files=..., var=...)")
+            try:
+                self.profiles.launch(t, executable, seed=seed, uid=uid, record=record,
+                                     merge_min=merge_min)
+            except BaseException:
+                t.terminate()
+                raise
+        return t
+
+    def file_revalidate(self, path=None) -> None:
+        """fstat one mapped file (or all) and drop pages past a new end of file."""
+        if self.files is not None:
+            self.files.revalidate(self.files.object_for(path) if path is not None else None)
+
+    def file_cache_purge(self) -> int:
+        """Release cached file objects nobody maps (their pages go; dirty ones written back)."""
+        return self.files.purge() if self.files is not None else 0
 
     # the dynamic pager runs beside the pageout daemon, in model time
     def dynamic_pager_tick(self) -> str | None:
@@ -92,11 +174,19 @@ class Kernel(_model.Kernel):
             st = self.swap_pool.status()
             d["Swap files"] = len(st.get("files", []))
             d["Swap used bytes"] = int(st["total"]["used_slots"]) * self.page_size
+        pc = self.__dict__.get("prefetch_counts")
+        if pc is not None:
+            d["Prefetch requests"] = pc["requests"]
+            d["Prefetched pages"] = pc["pages"]
         return d
 
     def close(self) -> None:
         try:
-            super().close()
+            try:
+                super().close()
+            finally:
+                if self.files is not None:
+                    self.files.close()
         finally:
             if self.swap_pool is not None:
                 self.swap_pool.close()

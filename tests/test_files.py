@@ -1,0 +1,177 @@
+"""Invariant guarded: Kernel(files=SOURCE) pages against real host files through its own vnodefs
+mount: a mapping reads exactly the host's bytes, each pagein is one cluster-sized read in the
+vnodefs trace from this process, shared writes reach the host (msync, pageout), private writes do
+not, one VM object per file is shared by every task, truncation underneath is a clear fault error,
+behaviour RANDOM disables clustering, working-set widening stops at resident pages, and the mount
+is gone after close even when the body raised."""
+
+import os
+import random
+
+import pytest
+
+from vmcore import Kernel
+from vmcore.errors import InvalidAddress, InvalidArgument
+from vnodefs import trace as vtrace
+
+pytestmark = pytest.mark.fuse
+PS = 4096
+
+
+def our_mounts():
+    with open("/proc/mounts") as fh:
+        return [ln for ln in fh if "vmcore-files-" in ln]
+
+
+@pytest.fixture
+def src(tmp_path):
+    d = tmp_path / "src"
+    (d / "data").mkdir(parents=True)
+    rnd = random.Random(5)
+    (d / "data" / "db").write_bytes(rnd.randbytes(2 << 20))
+    (d / "small").write_bytes(rnd.randbytes(3 * PS + 100))
+    yield d
+    assert not our_mounts()
+
+
+def test_map_reads_host_bytes_in_cluster_requests(src, tmp_path):
+    tr = tmp_path / "t.trace"
+    host = (src / "data" / "db").read_bytes()
+    with Kernel(memory="16MiB", files=src, trace=tr, latency="ssd") as k:
+        t = k.task_create(name="reader")
+        m = t.vm_map_file("data/db", shared=False, prot="r")
+        assert t.read(m, len(host)) == host
+        small = t.vm_map_file("small")
+        assert t.read(small, 3 * PS + 100) == (src / "small").read_bytes()
+        st = k.vm_stat()
+        hard, reqs = st["Hard faults"], st["Pagein requests"]
+        assert k.mountpoint and os.path.ismount(k.mountpoint)
+    tra = vtrace.load(tr)
+    r = tra.records[tra.op_mask("read")]
+    fid = {v: kk for kk, v in tra.files.items()}["data/db"]
+    rd = r[r["file"] == fid]
+    assert len(r) == hard == reqs  # one request per hard fault
+    assert len(rd) == 57  # 512 pages in 1 + 8 page clusters
+    assert set(rd["pid"].tolist()) == {os.getpid()}
+    # blind launch read-ahead of a > 1 MiB file: 1 + 8 pages per request, page aligned, back to back
+    assert (rd["length"] == 9 * PS).sum() >= len(rd) - 1
+    assert (rd["offset"] % PS == 0).all()
+    offs = sorted(rd["offset"].tolist())
+    assert offs[:3] == [0, 9 * PS, 18 * PS]
+    assert not our_mounts()
+
+
+def test_shared_writes_reach_host_private_do_not(src):
+    p = src / "data" / "db"
+    orig = p.read_bytes()
+    with Kernel(memory="2MiB", files=src) as k:
+        t = k.task_create(name="w")
+        sh = t.vm_map_file("data/db", shared=True)
+        pr = t.vm_map_file("data/db", shared=False)
+        t.write(pr + 10, b"private!")
+        t.write(sh + 100, b"shared-msync")
+        assert t.vm_msync(sh, PS) == 1
+        assert p.read_bytes()[100:112] == b"shared-msync"
+        assert p.read_bytes()[10:18] == orig[10:18]
+        # pageout: dirty a page far away, force the pageout daemon to write it
+        t.write(sh + (1 << 20) + 7, b"by-pageout")
+        k.pageout()
+        assert p.read_bytes()[(1 << 20) + 7:(1 << 20) + 17] == b"by-pageout"
+        assert k.vm_stat()["Pageouts"] >= 1
+        # the private copy still reads its own bytes, the shared one the file's
+        assert t.read(pr + 10, 8) == b"private!"
+        assert t.read(sh + 10, 8) == orig[10:18]
+    assert p.read_bytes()[10:18] == orig[10:18]
+
+
+def test_two_tasks_share_one_object(src):
+    with Kernel(memory="16MiB", files=src) as k:
+        a = k.task_create(name="a")
+        b = k.task_create(name="b")
+        ma = a.vm_map_file("data/db")
+        mb = b.vm_map_file("data/db", prot="r")
+        a.read(ma, 64 * PS)
+        before = k.vm_stat()
+        b.read(mb, 64 * PS)
+        after = k.vm_stat()
+        assert after["Pages resident"] == before["Pages resident"]
+        assert after["Hard faults"] == before["Hard faults"]
+        ea, eb = a.map.lookup(ma), b.map.lookup(mb)
+        assert ea.object is eb.object
+        assert (ea.pmap[:64] == eb.pmap[:64]).all() and (ea.pmap[:64] >= 0).all()
+        a.write(ma, b"X")
+        assert b.read(mb, 1) == b"X"
+
+
+def test_truncate_underneath(src):
+    p = src / "data" / "db"
+    with Kernel(memory="16MiB", files=src) as k:
+        t = k.task_create(name="trunc")
+        m = t.vm_map_file("data/db")
+        t.read(m, 4 * PS)
+        t.read(m + 100 * PS, PS)
+        obj = t.map.lookup(m).object
+        os.truncate(p, 10 * PS)
+        # a page-in past the new end fails, naming the file, and drops the resident tail
+        with pytest.raises(InvalidAddress, match="data/db"):
+            t.read(m + 50 * PS, 1)
+        assert all(q < 10 for q in obj.pages)
+        with pytest.raises(InvalidAddress, match="past the end of file 'data/db'"):
+            t.read(m + 100 * PS, 1)
+        assert t.read(m, 4) == p.read_bytes()[:4]
+        os.truncate(p, 2 * PS)
+        t.vm_msync(m, PS)  # msync fstat's first: pages 2.. go
+        assert all(q < 2 for q in obj.pages)
+
+
+def test_mount_gone_after_error_and_bad_input(src):
+    with pytest.raises(RuntimeError):
+        with Kernel(memory="4MiB", files=src) as k:
+            t = k.task_create(name="x")
+            t.read(t.vm_map_file("small"), 10)
+            assert our_mounts()
+            raise RuntimeError("boom")
+    assert not our_mounts()
+    with Kernel(memory="4MiB", files=src) as k:
+        t = k.task_create(name="x")
+        for bad in ("../etc/passwd", "/etc/passwd", "nope", "data"):
+            with pytest.raises(InvalidArgument):
+                t.vm_map_file(bad)
+    with pytest.raises(InvalidArgument):
+        Kernel(memory="4MiB", files=src / "missing")
+    # garbage collection without close still unmounts
+    k = Kernel(memory="4MiB", files=src)
+    mp = k.mountpoint
+    assert os.path.ismount(mp)
+    k.files._finalizer()
+    assert not os.path.ismount(mp)
+
+
+def test_behavior_random_and_ws_widening(src, tmp_path):
+    tr = tmp_path / "b.trace"
+    with Kernel(memory="16MiB", files=src, trace=tr, var=tmp_path / "var",
+                tws_cluster=True) as k:
+        t = k.task_create(name="b")
+        m = t.vm_map_file("data/db", prot="r", behavior="random")
+        t.read(m, 16 * PS)
+        assert k.vm_stat()["Pagein requests"] == 16  # one page per request
+        t.vm_behavior_set(m, 2 << 20, "default")
+        n0 = k.vm_stat()["Pagein requests"]
+        t.read(m + 100 * PS, 40 * PS)  # no history: one page each (no blind read-ahead with TWS)
+        assert k.vm_stat()["Pagein requests"] - n0 == 40
+        obj = t.map.lookup(m).object
+        k.file_cache_purge()  # still mapped: stays
+        for q in list(obj.pages):
+            if 100 <= q < 140:
+                k.page_free(obj.pages[q])
+        t.vm_behavior_set(m, 2 << 20, "random")
+        t.read(m + 120 * PS, 1)  # make page 120 resident again alone ...
+        t.vm_behavior_set(m, 2 << 20, "default")
+        n1 = k.vm_stat()["Pagein requests"]
+        t.read(m + 100 * PS, 1)  # ... the re-fault widens over touched pages, stops at 120
+        assert k.vm_stat()["Pagein requests"] - n1 == 1
+        assert all(q in obj.pages for q in range(100, 121))
+        assert 121 not in obj.pages
+    tra = vtrace.load(tr)
+    r = tra.records[tra.op_mask("read")]
+    assert (r["length"] == 20 * PS).sum() == 1
