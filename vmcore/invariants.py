@@ -15,6 +15,9 @@ Checks:
               submap's nested pmap at its offset; the
               frame holds the page the entry would see at that slot (the first resident page down
               its shadow chain); a writable translation maps a page of the entry's own object
+  device      fictitious frames (past RAM) sit on no queue, belong to device objects only, with
+              wire_count 1; retired ones are on the fictitious free list; device objects hold
+              only fictitious frames and RAM objects only RAM frames
   wiring      entries' wired frames are resident and wired; a frame's wire_count is at least the
               sum of the wired entries holding it
   policy      under a reference policy, tracked frames are exactly the resident unwired pages
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmcore.resident import ACTIVE, FREE, INACTIVE, WIRED
+from vmcore.resident import ACTIVE, FICTITIOUS, FREE, INACTIVE, WIRED
 
 
 def check(kernel, allow_open_upls: bool = False) -> None:
@@ -48,8 +51,19 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     for f in free:
         assert pm.owner[f] is None and pm.pv[f] is None and pm.wire_count[f] == 0, \
             f"free frame {f} still has an owner, mappings or wirings"
-    assert (pm.wire_count[pm.queue != WIRED] == 0).all(), "a frame off the wired queue is wired"
-    assert (pm.wire_count[pm.queue == WIRED] > 0).all(), "a frame on the wired queue has wire_count 0"
+    q, wc = pm.queue[:n], pm.wire_count[:n]
+    assert (wc[q != WIRED] == 0).all(), "a frame off the wired queue is wired"
+    assert (wc[q == WIRED] > 0).all(), "a frame on the wired queue has wire_count 0"
+    nt = pm.ntotal  # RAM frames, then fictitious (device) frames
+    assert (pm.queue[n:] == FICTITIOUS).all(), "a fictitious frame is on a page queue"
+    for f in range(n, nt):
+        o = pm.owner[f]
+        if o is not None:
+            assert o.pager is not None and o.pager.kind.value == "device", \
+                f"fictitious frame {f} belongs to object {o.id}, which is not device memory"
+            assert pm.wire_count[f] == 1, f"device frame {f} has wire_count {pm.wire_count[f]}"
+        else:
+            assert f in pm.fict_free and pm.pv[f] is None, f"retired fictitious frame {f} in use"
     assert k.nwired == len(pm.wired), f"kernel.nwired {k.nwired} != wired queue {len(pm.wired)}"
     if not allow_open_upls:
         assert not k.upls, f"{len(k.upls)} UPL(s) left open"
@@ -101,7 +115,10 @@ def check(kernel, allow_open_upls: bool = False) -> None:
             refs[obj.shadow.id] += 1
         for s in obj.shadowers:
             assert s.shadow is obj, f"object {s.id} in {obj.id}.shadowers but shadows something else"
+        device = obj.pager is not None and obj.pager.kind.value == "device"
         for p, f in obj.pages.items():
+            assert (f >= n) == device, \
+                f"object {obj.id} page {p}: frame {f} {'is' if f >= n else 'is not'} fictitious"
             assert pm.owner[f] is obj and pm.pidx[f] == p and pm.obj_id[f] == obj.id, \
                 f"object {obj.id} page {p} -> frame {f}, which says owner {pm.obj_id[f]} pidx {pm.pidx[f]}"
             assert pm.queue[f] != FREE, f"object {obj.id} page {p} is on free frame {f}"
@@ -109,14 +126,14 @@ def check(kernel, allow_open_upls: bool = False) -> None:
         assert obj.ref_count == refs[oid], \
             f"object {oid} ref_count {obj.ref_count} != {refs[oid]} references found"
         assert obj.ref_count > 0, f"object {oid} is registered with no references (orphan)"
-    for f in range(n):
+    for f in range(nt):
         o = pm.owner[f]
         if o is not None:
             assert o.alive and o.pages.get(int(pm.pidx[f])) == f, \
                 f"frame {f} claims page {pm.pidx[f]} of object {o.id}, which does not list it"
     # ---- pmaps --------------------------------------------------------------------------------
     pv_count = 0
-    for f in range(n):
+    for f in range(nt):
         lst = pm.pv[f]
         if lst:
             for e, s in lst:
@@ -155,21 +172,22 @@ def check(kernel, allow_open_upls: bool = False) -> None:
         assert not (e.pmw & (e.pmap < 0)).any(), f"{e} has write permission on unmapped slots"
     assert mapped == pv_count, f"{mapped} translations but {pv_count} pv entries"
     # ---- wiring -------------------------------------------------------------------------------
-    need = np.zeros(n, dtype=np.int64)
+    need = np.zeros(nt, dtype=np.int64)
     for e in entries:
         if e.wired_count:
             assert e.wired_frames is not None and len(e.wired_frames) == e.npages, \
                 f"wired entry {e} has no wired frame list"
             for f in e.wired_frames.tolist():
-                assert pm.queue[f] == WIRED, f"{e} wired frame {f} is not on the wired queue"
+                assert pm.queue[f] == WIRED or f >= n, \
+                    f"{e} wired frame {f} is not on the wired queue"
                 need[f] += e.wired_count
         else:
             assert e.wired_frames is None, f"unwired entry {e} still lists wired frames"
-    assert (pm.wire_count >= need).all(), "a frame is wired fewer times than its entries say"
+    assert (pm.wire_count[:n] >= need[:n]).all(), "a frame is wired fewer times than its entries say"
     # ---- policy -------------------------------------------------------------------------------
     if k.policy is not None:
-        resident = (pm.queue == ACTIVE) | (pm.queue == INACTIVE)
-        resident &= ~pm.absent
+        resident = (pm.queue[:n] == ACTIVE) | (pm.queue[:n] == INACTIVE)
+        resident &= ~pm.absent[:n]
         bad = np.flatnonzero(resident != np.array(k.tracked, dtype=np.bool_))
         assert bad.size == 0, f"frames {bad[:8]} tracked by the policy disagree with residency"
         assert k.ntracked == sum(k.tracked), "ntracked is off"

@@ -38,7 +38,7 @@ from vmcore.clock import ManualClock
 from vmcore.errors import InvalidArgument, ResourceShortage, VMError
 from vmcore.object import VMObject, object_collapse, object_deallocate
 from vmcore.pageout import PageoutDaemon, thresholds
-from vmcore.pager import Pager
+from vmcore.pager import Pager, PagerKind
 from vmcore.resident import ACTIVE, PhysicalMemory
 from vmcore.stats import VMStats, format_vm_stat
 from vmcore.types import format_size, parse_prot, parse_size
@@ -313,6 +313,10 @@ class Kernel:
                       name: str = "") -> VMObject:
         """A new VM object (ref_count 1). A file object is one whose pager has kind VNODE."""
         obj = VMObject(size, self.page_size, pager=pager, internal=internal, name=name)
+        if pager is not None and pager.kind is PagerKind.DEVICE:
+            from vmcore.device_pager import device_object_populate
+
+            device_object_populate(self, obj)  # fictitious frames over the device buffer
         self.objects[obj.id] = obj
         return obj
 

@@ -209,7 +209,11 @@ def object_deallocate(kernel: "Kernel", obj: VMObject | None) -> None:
                 object_collapse(kernel, top)
             return
         # terminate
-        if not obj.internal and obj.pager is not None:
+        if obj.pager is not None and obj.pager.kind is PagerKind.DEVICE:
+            from vmcore.device_pager import device_object_release
+
+            device_object_release(kernel, obj)  # fictitious frames: nothing to write back
+        elif not obj.internal and obj.pager is not None:
             kernel.pageout_daemon.flush_object(obj)
         for f in list(obj.pages.values()):
             kernel.page_free(f, force=True)

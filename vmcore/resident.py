@@ -17,6 +17,12 @@ Invariants (checked by vmcore.invariants): every frame is on exactly one queue a
 which; a frame is free iff `owner[f] is None`; wired frames have wire_count > 0 and sit only on the
 wired queue; a free frame has no pv entries.
 Who calls: the kernel, fault.py, pageout.py, upl.py, object.py. Nothing here knows about tasks.
+Fictitious frames (device memory, vmcore.device_pager): frame numbers >= nframes, added by
+`add_fictitious(buffers)`; their bytes are the device buffer (only `views[f]` reaches them, not
+`frames`), their metadata extends the numpy arrays, they sit on no queue (queue == FICTITIOUS) and
+carry wire_count 1 so no pageout, deactivation or policy ever takes them; `release_fictitious`
+retires them (their numbers are reused). `ntotal` counts RAM + fictitious frame numbers.
+
 Caveats: the reference bit is one bit for both the pmap and the vm_page (the model has no separate
 hardware bit); queue moves do not touch pmap state.
 """
@@ -32,7 +38,10 @@ FREE = 0
 ACTIVE = 1
 INACTIVE = 2
 WIRED = 3
-QUEUE_NAMES = {FREE: "free", ACTIVE: "active", INACTIVE: "inactive", WIRED: "wired"}
+#: a fictitious frame (vm_page_grab_fictitious): device memory outside RAM, on no page queue
+FICTITIOUS = 4
+QUEUE_NAMES = {FREE: "free", ACTIVE: "active", INACTIVE: "inactive", WIRED: "wired",
+               FICTITIOUS: "fictitious"}
 
 
 class PhysicalMemory:
@@ -66,6 +75,56 @@ class PhysicalMemory:
         self.active: OrderedDict[int, None] = OrderedDict()
         self.inactive: OrderedDict[int, None] = OrderedDict()
         self.wired: dict[int, None] = {}
+        self.ntotal = nframes
+        self.fict_free: list[int] = []
+
+    # ---- fictitious frames (device memory) -------------------------------------------------------
+    def add_fictitious(self, bufs: list[memoryview]) -> list[int]:
+        """Frame numbers for device pages whose bytes are `bufs` (one page each)."""
+        need = len(bufs) - len(self.fict_free)
+        if need > 0:
+            base = self.ntotal
+            self.ntotal += need
+            grow = need
+
+            def ext(a, fill):
+                return np.concatenate([a, np.full(grow, fill, dtype=a.dtype)])
+
+            self.queue = ext(self.queue, FICTITIOUS)
+            self.referenced = ext(self.referenced, False)
+            self.dirty = ext(self.dirty, False)
+            self.busy = ext(self.busy, False)
+            self.absent = ext(self.absent, False)
+            self.precious = ext(self.precious, False)
+            self.clustered = ext(self.clustered, False)
+            self.wire_count = ext(self.wire_count, 0)
+            self.obj_id = ext(self.obj_id, -1)
+            self.pidx = ext(self.pidx, -1)
+            self.owner.extend([None] * grow)
+            self.views.extend([memoryview(b"")] * grow)
+            self.pv.extend([None] * grow)
+            self.special.extend([True] * grow)
+            self.fict_free.extend(range(base + grow - 1, base - 1, -1))
+        out = []
+        for buf in bufs:
+            f = self.fict_free.pop()
+            self.views[f] = buf
+            self.queue[f] = FICTITIOUS
+            self.wire_count[f] = 1
+            self.special[f] = True
+            out.append(f)
+        return out
+
+    def release_fictitious(self, f: int) -> None:
+        assert f >= self.nframes and self.pv[f] is None
+        self.owner[f] = None
+        self.obj_id[f] = -1
+        self.pidx[f] = -1
+        self.referenced[f] = False
+        self.dirty[f] = False
+        self.wire_count[f] = 0
+        self.views[f] = memoryview(b"")
+        self.fict_free.append(f)
 
     # ---- counts -------------------------------------------------------------------------------
     @property

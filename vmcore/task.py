@@ -238,6 +238,9 @@ class Task:
             if e.is_submap and inh == Inherit.COPY:
                 raise InvalidArgument(
                     f"a submap ({e.start:#x}-{e.end:#x}) cannot be inherited by copy")
+            if not e.is_submap and inh == Inherit.COPY and e.object.kind == PagerKind.DEVICE:
+                raise InvalidArgument(
+                    f"device memory ({e.start:#x}-{e.end:#x}) cannot be inherited by copy")
         for e in self.map.clipped_range(self.kernel, start, end):
             e.inheritance = inh
 
@@ -568,6 +571,8 @@ class Task:
                 f"protection {prot_str(p)}/{prot_str(maxp)} exceeds the named entry's "
                 f"{prot_str(handle.protection)}")
         inh = Inherit.parse(inheritance)
+        if copy and not handle.is_submap and handle.object.kind == PagerKind.DEVICE:
+            raise InvalidArgument("device memory cannot be mapped copy-on-write (never copied)")
         addr = self._place(size, address)
         if handle.is_submap:
             nest = (not copy) if use_pmap is None else bool(use_pmap)
@@ -613,9 +618,16 @@ class Task:
             fresh = False
         else:
             raise InvalidArgument(f"{obj_or_pager!r} is neither a VM object nor a pager")
-        offset = _as_int(offset, "offset")
-        if offset < 0 or offset % ps:
-            raise InvalidArgument(f"offset {offset:#x} must be non-negative and page aligned")
+        try:
+            offset = _as_int(offset, "offset")
+            if offset < 0 or offset % ps:
+                raise InvalidArgument(f"offset {offset:#x} must be non-negative and page aligned")
+            if copy and obj.kind == PagerKind.DEVICE:
+                raise InvalidArgument("device memory cannot be mapped copy-on-write (never copied)")
+        except VMError:
+            if fresh:
+                object_deallocate(k, obj)
+            raise
         if size is None:
             size = obj.npages * ps - offset
         size = self._size(size)
@@ -638,7 +650,8 @@ class Task:
             obj.ref_count += 1
         if not copy and obj.internal:
             obj.true_share = True
-        kind = "mapped file" if obj.kind == PagerKind.VNODE else "shared memory"
+        kind = {PagerKind.VNODE: "mapped file", PagerKind.DEVICE: "IOKit"}.get(obj.kind,
+                                                                              "shared memory")
         e = VMMapEntry(self.map, addr, addr + size, obj, offset, p, maxp, inh, Behavior.DEFAULT,
                        needs_copy=bool(copy), tag=tag or kind)
         if copy and obj.true_share:
@@ -781,6 +794,10 @@ class Task:
         detail = f"obj {obj.id} {kind}"
         if obj.name:
             detail += f" {obj.name}"
+        if obj.kind == PagerKind.DEVICE:
+            from vmcore.device_pager import wimg_str
+
+            detail += f" {getattr(obj.pager, 'name', '')} WIMG={wimg_str(obj.pager.wimg)}"
         if depth:
             detail += f", shadow depth {depth}"
         if e.needs_copy:
