@@ -18,7 +18,7 @@ from vnodefs.trace import OPS, load
 pytestmark = pytest.mark.fuse
 
 FIO_JOB = ["--name=vnodefs-verify", "--rw=randrw", "--bsrange=4k-1m", "--ioengine=psync", "--verify=crc32c",
-           "--do_verify=1", "--verify_fatal=1", "--randrepeat=1", "--output-format=json"]
+           "--do_verify=1", "--verify_fatal=1", "--randrepeat=1", "--verify_state_save=0", "--output-format=json"]
 
 
 def _fio():
@@ -32,7 +32,7 @@ def _fio():
 
 def _run_fio(fio, directory, size, jobs, *extra):
     p = subprocess.run([fio, f"--directory={directory}", f"--size={size}", f"--numjobs={jobs}", *FIO_JOB, *extra],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=os.path.dirname(str(directory)))
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-2000:])
     out = json.loads(p.stdout[p.stdout.index("{"):])
     for job in out["jobs"]:
