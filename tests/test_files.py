@@ -175,3 +175,17 @@ def test_behavior_random_and_ws_widening(src, tmp_path):
     tra = vtrace.load(tr)
     r = tra.records[tra.op_mask("read")]
     assert (r["length"] == 20 * PS).sum() == 1
+
+
+def test_interpreter_exit_without_close_unmounts(src):
+    import subprocess
+    import sys
+
+    code = ("import sys; from vmcore import Kernel; k = Kernel(memory='4MiB', files=sys.argv[1]); "
+            "t = k.task_create(name='x'); t.read(t.vm_map_file('small'), 10); "
+            "print(k.mountpoint, flush=True)")
+    res = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    mp = res.stdout.strip()
+    assert mp and not os.path.ismount(mp) and not os.path.exists(mp)
