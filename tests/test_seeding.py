@@ -161,3 +161,17 @@ def test_launch_window_closes_recording(world, tmp_path):
         with pytest.raises(InvalidArgument):
             k.task_create(executable="bin/missing")
         assert len(k.tasks) == 0
+
+
+def test_caller_sink_still_called_and_bad_options(world):
+    src, var = world
+    seen = []
+    with Kernel(memory="16MiB", files=src, var=var, event_sink=seen.append) as k:
+        t = k.task_create(executable="bin/app")
+        t.read(t.vm_map_file("data/a", prot="r"), 3 * PS)
+        assert len(seen) == 3 and all(ev.task is t for ev in seen)
+    for bad in (dict(tws_cluster=True), dict(var=var, launch_window=0),
+                dict(var=var, profile_merge_min=0)):
+        with pytest.raises(InvalidArgument):
+            Kernel(memory="16MiB", files=src, **bad)
+        assert not our_mounts()

@@ -103,9 +103,12 @@ class Kernel(_model.Kernel):
                         self, self.files, self.var, window_s=launch_window,
                         merge_min=profile_merge_min,
                         seed_max_gap=SEED_MAX_GAP if seed_max_gap is None else seed_max_gap)
+                    self.profiles.chain = self._sink  # a caller's event_sink= still gets events
                     self.event_sink = self.profiles
                     if tws_cluster:
                         self.working_set = self.profiles
+                elif tws_cluster:
+                    raise InvalidArgument("tws_cluster=True needs files= and var= (the recorder)")
             except BaseException:
                 self.close()
                 raise

@@ -233,6 +233,7 @@ class FileSystem:
                         k.pageout_daemon.flush_object(obj)
                     finally:
                         if obj.pager is not None:
+                            self.state["fds"].discard(getattr(obj.pager, "fd", -1))
                             obj.pager.terminate()
         finally:
             self.by_ino.clear()

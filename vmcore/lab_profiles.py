@@ -73,10 +73,13 @@ class LaunchProfiles:
         self._merge: dict[tuple[int, str], int | None] = {}
         self.saved: list = []  # profiles written (after merging), in order
         self.notices: list[str] = []
+        self.chain = None  # another event sink to pass every event on to
 
     # ---- the event sink -----------------------------------------------------------------------------
     def __call__(self, ev) -> None:
         self.rec(ev)
+        if self.chain is not None:
+            self.chain(ev)
         t = ev.task
         sb = getattr(t, "scoreboard", None)
         if sb is not None:
