@@ -15,6 +15,9 @@ Checks:
               submap's nested pmap at its offset; the
               frame holds the page the entry would see at that slot (the first resident page down
               its shadow chain); a writable translation maps a page of the entry's own object
+  kmem        kernel_map entries map kernel_object at offset = address - minimum; kernel_object
+              holds the kernel's reference plus one per entry; every recorded allocation has its
+              entry, wired unless pageable
   device      fictitious frames (past RAM) sit on no queue, belong to device objects only, with
               wire_count 1; retired ones are on the fictitious free list; device objects hold
               only fictitious frames and RAM objects only RAM frames
@@ -75,6 +78,8 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     refs: dict[int, int] = {i: 0 for i in live}
     entries = []
     maps = [t.map for t in k.tasks.values()] + list(k.submaps)
+    if getattr(k, "kmem", None) is not None:
+        maps.append(k.kmem.map)  # kernel_map: every entry maps kernel_object
     for m in maps:
         prev_end = None
         for e in m.entries:
@@ -102,6 +107,16 @@ def check(kernel, allow_open_upls: bool = False) -> None:
                     assert hi <= sh.shadow_offset or lo >= sh.shadow_offset + sh.npages, \
                         (f"entry {e} maps shadowed object {obj.id} writable where object {sh.id} "
                          f"shadows it (COW bypassed)")
+    if getattr(k, "kmem", None) is not None:
+        refs[k.kmem.object.id] += 1  # the kernel's own reference on kernel_object
+        km = k.kmem
+        for addr, (size, kind) in km.allocations.items():
+            e = km.map.lookup(addr)
+            assert e is not None and e.start == addr and e.end - e.start == size, \
+                f"kmem allocation {addr:#x}+{size:#x} has no matching kernel_map entry"
+            assert (e.wired_count > 0) == (kind != "pageable"), f"kmem {kind} {e} wiring is off"
+            assert e.object is km.object and e.offset == addr - km.map.min_address, \
+                f"kernel_map entry {e} does not map kernel_object at its address"
     for ne in k.named_entries:
         if not ne.is_submap:
             assert ne.object.alive, f"named entry {ne} holds dead object"

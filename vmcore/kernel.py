@@ -125,6 +125,8 @@ class Kernel:
         #: the system shared regions new tasks get (vmcore.shared_region), and every set made
         self.shared_regions = None
         self.shared_region_sets: list = []
+        self.kmem = None  # vmcore.kmem.KernelMemory (kernel_map, kernel_object), made on first use
+        self.wired_acct = None  # vmcore.wired.WiredAccounting when wired_accounting=True
         self.upls: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
         self.ntracked = 0
