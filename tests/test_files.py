@@ -189,3 +189,32 @@ def test_interpreter_exit_without_close_unmounts(src):
     assert res.returncode == 0, res.stderr
     mp = res.stdout.strip()
     assert mp and not os.path.ismount(mp) and not os.path.exists(mp)
+
+
+def test_behavior_clustering_option(src, tmp_path):
+    """cluster="behavior": 10.5's vm_object_cluster_size for file objects (xnu.md 5.3)."""
+    tr = tmp_path / "c.trace"
+    with Kernel(memory="16MiB", files=src, trace=tr, cluster="behavior") as k:
+        t = k.task_create(name="c")
+        m = t.vm_map_file("data/db", prot="r")
+        t.read(m + 40 * PS, 1)  # default, no run: the aligned 32-page window [32, 64)
+        obj = t.map.lookup(m).object
+        assert sorted(obj.pages) == list(range(32, 64))
+        t.read(m + 64 * PS, 1)  # continues the request: a run of 32 -> 33 pages ahead
+        assert sorted(obj.pages) == list(range(32, 64 + 34))
+        s = t.vm_map_file("data/db", offset=1 << 20, size=256 * PS, prot="r",
+                          behavior="sequential")
+        t.read(s, 1)  # sequential, no run yet: the page + 1 ahead, nothing behind
+        assert sorted(q for q in obj.pages if q >= 256) == [256, 257]
+        r = t.vm_map_file("data/db", offset=400 * PS, size=50 * PS, prot="r", behavior="rseqntl")
+        t.read(r + 10 * PS, 1)  # reverse sequential: the page and 1 behind
+        assert sorted(q for q in obj.pages if q >= 400) == [409, 410]
+        # never bridges a resident page: 36..40 free again, a fault at 33 stops at the resident 41
+        for q in range(33, 41):
+            k.page_free(obj.pages[q])
+        t.read(m + 33 * PS, 1)
+        assert all(q in obj.pages for q in range(33, 41))
+    lens = vtrace.load(tr).records["length"]
+    assert sorted(set((lens // PS).tolist()) - {0}) == [2, 8, 32, 34]
+    with pytest.raises(InvalidArgument):
+        Kernel(memory="4MiB", cluster="10.6")

@@ -278,6 +278,11 @@ def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tu
     """tws_build_cluster path B: the [lo, hi) page range of obj to request around page p."""
     if k.policy is not None or task is None or oe.behavior == Behavior.RANDOM:
         return p, p + 1
+    hook = getattr(k, "cluster_hook", None)  # another cluster rule (vmcore.lab cluster="behavior")
+    if hook is not None:
+        r = hook(k, task, oe, obj, p, lo_lim, hi_lim)
+        if r is not None:
+            return r
     ps = k.page_size
     max_pages = max(1, TWS_MAX_CLUSTER_BYTES // ps)
     lo_lim = max(lo_lim, 0)

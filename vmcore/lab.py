@@ -28,6 +28,8 @@ Caveats:
     on file objects. `tws_cluster=True` also sets the kernel's working_set hook to the recorder:
     clusters then widen over pages this task touched before (up to 64 pages, stopping at resident
     pages), but fault._cluster then drops the blind read-ahead (a limitation of that module).
+    `cluster="behavior"` replaces the 10.4 rule for file objects by 10.5's behaviour-driven
+    vm_object_cluster_size (vmcore.prefetch.behavior_cluster, through `kernel.cluster_hook`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Kernel(_model.Kernel):
                  var: str | os.PathLike | None = None, latency: str | None = "none",
                  trace: str | os.PathLike | None = None, launch_window: float = 45.0,
                  profile_merge_min: int | None = None, tws_cluster: bool = False,
-                 seed_max_gap: int | None = None, **model):
+                 seed_max_gap: int | None = None, cluster: str = "tws", **model):
         self.swap_pool = None
         self.files = None
         self.profiles = None
@@ -93,6 +95,13 @@ class Kernel(_model.Kernel):
             raise
         if self.swap_pool is not None:
             clock.kernel = self
+        if cluster not in ("tws", "behavior"):
+            self.close()
+            raise InvalidArgument(f"cluster {cluster!r} must be 'tws' (10.4) or 'behavior' (10.5)")
+        if cluster == "behavior":
+            from vmcore.prefetch import behavior_cluster
+
+            self.cluster_hook = behavior_cluster
         if files is not None:
             try:
                 self.files = FileSystem(self, files, latency=latency, trace=trace)

@@ -78,3 +78,74 @@ def object_prefetch(k: "Kernel", obj, first: int, npages: int, reserve: int | No
         pos += n
     counts["pages"] += len(landed)
     return landed
+
+
+# ---- 10.5-style behaviour clustering (an explicit kernel option) ---------------------------------
+#: vm_object_cluster_size's default pre-heat window (xnu.md 5.3: 32 pages while an object is young)
+PRE_HEAT_PAGES = 32
+#: a detected sequential run of at least this many pages switches DEFAULT to run-based pre-heat
+SEQ_RUN_MIN = 3
+
+
+def behavior_cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int):
+    """xnu-1228 `vm_object_cluster_size` for file objects (xnu.md 5.3), a hook for
+    vmcore.fault._cluster (`kernel.cluster_hook`, set by vmcore.lab's `cluster="behavior"`);
+    returns the [lo, hi) page range to request around page p, or None for anonymous objects (the
+    10.4 rule then applies). RANDOM never gets here (fault: no cluster).
+
+      SEQUENTIAL  run + 1 pages ahead only        RSEQNTL  run + 1 pages behind only
+      DEFAULT     a sequential run of >= 3 pages: run + 1 pages in the run's direction;
+                  otherwise a PRE_HEAT_PAGES window aligned to its size around the fault,
+                  halved while free memory is below the free target
+    The run is detected per object from hard faults: a fault at the page right after the previous
+    request (or right before it) extends the run by that request's length. Capped at
+    MAX_UPL_TRANSFER pages and by free frames; never bridges a resident page, never goes past EOF
+    or outside the map entry. Simplification: XNU's adaptive 128/64/32/16 sizing by the fraction of
+    unused pre-heated pages is not modelled (always 32)."""
+    if obj.internal or obj.pager is None:
+        return None
+    from vmcore.types import Behavior
+
+    ps = k.page_size
+    lo_lim = max(lo_lim, 0)
+    psize = obj.pager.size()
+    if psize is not None:
+        hi_lim = min(hi_lim, (psize + ps - 1) // ps - obj.paging_offset)
+    runs = k.__dict__.setdefault("_seq_runs", {})
+    plo, phi, run = runs.get(obj.id, (-2, -2, 0))
+    if p == phi:
+        run = run + (phi - plo) if run > 0 else (phi - plo)
+    elif p == plo - 1:
+        run = run - (phi - plo) if run < 0 else -(phi - plo)
+    else:
+        run = 0
+    b = oe.behavior
+    ahead = behind = 0
+    if b == Behavior.SEQUENTIAL:
+        ahead = max(run, 0) + 1
+    elif b == Behavior.RSEQNTL:
+        behind = max(-run, 0) + 1
+    elif abs(run) >= SEQ_RUN_MIN:
+        if run > 0:
+            ahead = run + 1
+        else:
+            behind = -run + 1
+    else:
+        size = PRE_HEAT_PAGES
+        if len(k.pm.free) < k.free_target:
+            size //= 2
+        base = p - p % size
+        behind, ahead = p - base, base + size - p - 1
+    cap = min(MAX_UPL_TRANSFER - 1, len(k.pm.free) - k.free_min - 1)
+    pages = obj.pages
+    hi = p + 1
+    lo = p
+    added = 0
+    while added < cap and hi - p - 1 < ahead and hi < hi_lim and hi not in pages:
+        hi += 1
+        added += 1
+    while added < cap and p - lo < behind and lo - 1 >= lo_lim and (lo - 1) not in pages:
+        lo -= 1
+        added += 1
+    runs[obj.id] = (lo, hi, run)
+    return lo, hi
