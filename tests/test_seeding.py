@@ -175,3 +175,19 @@ def test_caller_sink_still_called_and_bad_options(world):
         with pytest.raises(InvalidArgument):
             Kernel(memory="16MiB", files=src, **bad)
         assert not our_mounts()
+
+
+def test_merge_asked_records_seeded_launches(world, tmp_path):
+    src, var = world
+    store = AppProfileStore(var)
+    for i, seed in enumerate(("eager", "eager", "lazy")):
+        launch(src, var, tmp_path / f"m{i}.trace", seed=seed, plan=touch_plan(i + 1),
+               profile_merge_min=1)
+    prof = store.read(os.getuid(), "app")
+    assert prof.launches == 3
+    union = set(touch_plan(1)) | set(touch_plan(2)) | set(touch_plan(3))
+    got = {(f, int(p)) for f, pages in prof.pages_by_file().items() for p in pages}
+    assert got == union
+    counts = dict(zip(((f, int(p)) for f, pages in prof.pages_by_file().items() for p in pages),
+                      prof.entries["count"][prof.entries["file"] != 0xFFFFFFFF].tolist()))
+    assert max(counts.values()) == 3  # bin/app pages 0..11 are touched by every launch

@@ -22,7 +22,8 @@ WorkingSetRecorder and to the faulting task's PrefetchScoreboard) and does, per
      address space for anonymous pages) first prefetches that frame's profiled pages (file: one
      request spanning them, minus resident pages; anonymous: the pages still in swap, from the
      object that holds them), then the access proceeds (a soft fault);
-     a seeded launch is not recorded unless record=True.
+     a seeded launch is not recorded unless record=True, or merging was asked
+     (profile_merge_min= / merge_min=: then every launch is merged in unless record=False).
 
 Scoring: every page a seeding request brought in is `issued` + `landed` on the task's
 PrefetchScoreboard at that moment (model time); every fault event of the task is a `touched` (its
@@ -141,10 +142,11 @@ class LaunchProfiles:
                 if len(anon):
                     pbf[None] = anon
                 t.lazy_seeder = LazySeeder(pbf)
-        do_record = record if record is not None else prof is None
+        mm = _merge_min(merge_min) if merge_min is not None else self.merge_min
+        # merging asked (profile_merge_min / merge_min): every launch contributes unless record=False
+        do_record = record if record is not None else (prof is None or mm is not None)
         if do_record:
-            self._merge[(uid, app)] = _merge_min(merge_min) if merge_min is not None \
-                else self.merge_min
+            self._merge[(uid, app)] = mm
             self.rec.start(t, identity, app, uid)
 
     def task_ended(self, t) -> None:
