@@ -13,7 +13,8 @@ Owns: `Kernel`, the glue every mechanism shares:
 Construction: `Kernel(memory="64MiB", page_size=4096, policy="mach", default_pager=None,
 clock=None, ncpu=1, event_sink=None)`. `memory` is bytes or a string ("64MiB", "512KiB", "1GiB");
 `default_pager` is a vmcore.pager.PagerFactory (None: vmcore.testing.memory_pager_factory);
-`clock` has `.now()` (None: a ManualClock the model advances per fault and per scan); `policy` is
+`wired_accounting=True` charges seed 001's wired cost of kernel resources in real wired pages
+(vmcore.wired). `clock` has `.now()` (None: a ManualClock the model advances per fault and per scan); `policy` is
 "mach" (active/inactive queues + pageout daemon) or a reference policy name from vmcore.policy
 ("lru", "fifo", "clock"), or a ReplacementPolicy object.
 
@@ -58,7 +59,8 @@ class Kernel:
     task_class = None
 
     def __init__(self, memory: int | str = "64MiB", page_size: int = 4096, policy="mach",
-                 default_pager=None, clock=None, ncpu: int = 1, event_sink=None):
+                 default_pager=None, clock=None, ncpu: int = 1, event_sink=None,
+                 wired_accounting: bool = False):
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 512 \
                 or page_size & (page_size - 1) or page_size > (1 << 20):
             raise InvalidArgument(
@@ -149,6 +151,10 @@ class Kernel:
         self.event_sink = event_sink
         self._next_task = 1
         self.closed = False
+        if wired_accounting:
+            from vmcore.wired import enable_wired_accounting
+
+            enable_wired_accounting(self)
 
     # ---- event sink -------------------------------------------------------------------------------
     @property
@@ -353,6 +359,8 @@ class Kernel:
         t = (self.task_class or Task)(self, name)
         if self.shared_regions is not None:
             self.shared_regions.attach(t)
+        if self.wired_acct is not None:
+            self.wired_acct.sync()
         return t
 
     def make_memory_entry(self, task, addr: int, size: int, prot="rw"):
@@ -371,6 +379,8 @@ class Kernel:
     # ---- statistics -------------------------------------------------------------------------------
     def vm_stat(self) -> dict[str, int]:
         pm = self.pm
+        if self.wired_acct is not None:
+            self.wired_acct.sync()  # "Pages wired down" includes the kernel resources' pages
         d = {
             "Pages free": len(pm.free),
             "Pages active": len(pm.active),
@@ -384,6 +394,8 @@ class Kernel:
         d["Free target"] = self.free_target if self.policy is None else 0
         d["Free min"] = self.free_min if self.policy is None else 0
         d["Free reserved"] = self.free_reserved if self.policy is None else 0
+        if self.wired_acct is not None:
+            d["Pages wired (kernel resources)"] = self.wired_acct.pages_held
         return d
 
     def format_vm_stat(self) -> str:

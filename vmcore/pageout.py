@@ -18,6 +18,9 @@ An anonymous object gets its pager from the kernel's default pager factory at it
 Also `evict_one()`: the reference policies' on-demand eviction (the policy picks the victim; a dirty
 victim is paged out alone first) and `flush_object()` (write back dirty pages, keep them resident).
 
+With wired accounting on (vmcore.wired), a scan that starts below free_min first garbage-collects
+the wired kernel-resource pages no longer needed (the seed's lazy reclaim).
+
 No threads: the kernel calls scan() when vm_page_grab's wake-up condition holds
 (free < free_min, or free < free_target and inactive < inactive_target), and Kernel.pageout() runs
 a forced scan. A scan stops at the target, or after examining 3x the pageable pages (the model's
@@ -87,6 +90,11 @@ class PageoutDaemon:
         examined = 0
         limit = 3 * (len(active) + len(inactive)) + 16
         try:
+            wa = k.wired_acct
+            if wa is not None and len(free) < self.free_min:
+                # seed 001: wired memory is "garbage collected when the free-page count falls
+                # below the threshold that triggers page out events"
+                freed += wa.collect()
             while len(free) < target and examined < limit:
                 # 1. active -> inactive
                 itarget = (len(active) + len(inactive)) // 3

@@ -242,6 +242,8 @@ def load_shared_file(task, name: str, file, text_size: int | None = None,
         if task.shared_regions is None:
             regions.attach(task)
         lib.add_user(task)
+        if k.wired_acct is not None:
+            k.wired_acct.sync()
         return lib
     ps = k.page_size
     # ---- the layout, validated before anything changes ----
@@ -302,6 +304,8 @@ def load_shared_file(task, name: str, file, text_size: int | None = None,
     lib = LoadedLibrary(regions, name, obj, base, placed_text, placed_data)
     regions.libraries[name] = lib
     lib.add_user(task)
+    if k.wired_acct is not None:
+        k.wired_acct.sync()  # 2 KB + 200 B per user (vmcore.wired)
     return lib
 
 

@@ -699,6 +699,8 @@ class Task:
             cm.insert(ce)
         if self.shared_regions is not None:
             self.shared_regions.task_forked(self, child)
+        if k.wired_acct is not None:
+            k.wired_acct.sync()
         return child
 
     def terminate(self) -> None:
@@ -710,6 +712,8 @@ class Task:
             self._entry_delete(e, free_pages=e.object in private)
         self.alive = False
         self.kernel.tasks.pop(self.id, None)
+        if self.kernel.wired_acct is not None:
+            self.kernel.wired_acct.sync()  # a fall is reclaimed lazily (vmcore.wired)
 
     # ---- regions --------------------------------------------------------------------------------
     def vm_region(self, addr) -> Region:
