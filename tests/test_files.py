@@ -218,3 +218,37 @@ def test_behavior_clustering_option(src, tmp_path):
     assert sorted(set((lens // PS).tolist()) - {0}) == [2, 8, 32, 34]
     with pytest.raises(InvalidArgument):
         Kernel(memory="4MiB", cluster="10.6")
+
+
+def test_vnode_pager_contract_on_a_mount(tmp_path):
+    from vmcore.testing import check_pager
+    from vnodefs.mount import mounted
+    from vnodefs.pager import VnodePager
+
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "f64").write_bytes(bytes(64 * PS))
+    (d / "tail").write_bytes(b"t" * (3 * PS + 5))
+    made = []
+
+    def make(name, **kw):
+        made.append(VnodePager(os.path.join(m.mountpoint, name), PS, **kw))
+        return made[-1]
+
+    with mounted(str(d), cache="direct") as m:
+        try:
+            check_pager(lambda: make("f64"), npages=64)
+            check_pager(lambda: make("tail", writable=False), writable=False)
+            p = make("tail", writable=False)
+            bufs = [memoryview(bytearray(b"z" * PS)) for _ in range(5)]
+            assert [r.name for r in p.data_request(0, bufs)] == ["OK"] * 4 + ["BAD"]
+            assert bytes(bufs[3]) == b"t" * 5 + bytes(PS - 5)  # tail page zero-filled past EOF
+            assert p.requests == 1
+            assert p.data_return(0, bufs[:1])[0].name == "ERROR" and "read-only" in p.last_error
+            w = make("tail")
+            assert [r.name for r in w.data_return(3 * PS, bufs[:2])] == ["OK", "ERROR"]
+            assert "past the end" in w.last_error
+        finally:
+            for pg in made:
+                pg.terminate()
+    assert (d / "f64").stat().st_size == 64 * PS  # write-backs never extend the file

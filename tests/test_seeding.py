@@ -8,7 +8,6 @@ asked; merging keeps pages seen in >= min_count launches; a changed executable i
 import os
 import random
 
-import numpy as np
 import pytest
 
 from vmcore import Kernel

@@ -37,7 +37,6 @@ import weakref
 
 from vmcore.errors import InvalidAddress, InvalidArgument, ProtectionFailure
 from vmcore.task import Task
-from vmcore.types import Behavior
 
 
 def _cleanup(state: dict) -> None:
@@ -388,4 +387,4 @@ class FileTask(Task):
         super().terminate()
 
 
-__all__ = ["FileSystem", "FileTask", "Behavior"]
+__all__ = ["FileSystem", "FileTask"]

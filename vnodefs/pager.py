@@ -11,9 +11,10 @@ Theory of operation:
     (a short read), so a file truncated underneath is seen at the first page-in after the
     truncation, whatever the attribute cache says.
   * data_return(offset, pages): ONE `os.pwritev` per call, clipped to the current file size
-    (fstat): a page past EOF is dropped (OK: the file no longer has it, as XNU's vnode pager drops
-    pages past ubc size); the tail page writes only the bytes before EOF. A read-only pager
-    answers ERROR ("EBADF: opened read-only").
+    (fstat): a page wholly past EOF is not written (the file is never extended) and answers ERROR
+    naming the file (the kernel keeps it dirty; the wiring layer drops such pages once it sees the
+    file shrank); the tail page writes only the bytes before EOF. A read-only pager answers ERROR
+    ("EBADF: opened read-only").
   * has_page(offset): offset < the file size (fstat). size(): the file size (fstat).
   * `eof_shrunk`: the smallest size this pager saw below the size it knew before; when it shrinks
     the pager also appends itself to the `notify` list it was given (a plain list the wiring layer,
@@ -152,7 +153,10 @@ class VnodePager(Pager):
                 return [PagerResult.OK if (i + 1) * ps <= done else PagerResult.AGAIN
                         for i in range(n)]
             self.pages_written += len(bufs)
-        return [PagerResult.OK] * n
+        if len(bufs) < n:  # pages wholly past EOF: not stored (the file is not extended)
+            self.last_error = (f"{self.name}: page at offset {offset + len(bufs) * ps:#x} lies past "
+                               f"the end of the file ({size} bytes; truncated underneath?)")
+        return [PagerResult.OK] * len(bufs) + [PagerResult.ERROR] * (n - len(bufs))
 
     def sync(self) -> None:
         """fsync the file (msync with MS_SYNC semantics)."""
