@@ -45,6 +45,8 @@ def test_map_reads_host_bytes_in_cluster_requests(src, tmp_path):
         assert t.read(small, 3 * PS + 100) == (src / "small").read_bytes()
         st = k.vm_stat()
         hard, reqs = st["Hard faults"], st["Pagein requests"]
+        live = k.load_trace()
+        assert live.op_mask("read").sum() == reqs  # flushed while still mounted
         assert k.mountpoint and os.path.ismount(k.mountpoint)
     tra = vtrace.load(tr)
     r = tra.records[tra.op_mask("read")]

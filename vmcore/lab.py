@@ -130,6 +130,20 @@ class Kernel(_model.Kernel):
         """The vnodefs trace of the files mount (complete once the kernel is closed)."""
         return self.files.trace_path if self.files is not None else None
 
+    def load_trace(self):
+        """vnodefs.trace.load of the files mount's trace (None without one). While mounted it holds
+        what the daemon's flusher has written (it flushes every 0.2 s; this waits 0.5 s first);
+        after close() it is complete."""
+        if self.trace_path is None:
+            return None
+        from vnodefs import trace as vtrace
+
+        if self.files is not None and self.files.mounted:
+            import time
+
+            time.sleep(0.5)
+        return vtrace.load(self.trace_path)
+
     @property
     def mountpoint(self) -> str | None:
         return self.files.mountpoint if self.files is not None else None
