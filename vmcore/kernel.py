@@ -8,7 +8,12 @@ Owns: `Kernel`, the glue every mechanism shares:
     `pmap_remove_range`, `pmap_write_protect`, with the pv lists in PhysicalMemory;
   * wiring of frames, the replacement-policy hooks, object creation and collapse entry points;
   * `task_create`, `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
-    `format_vm_stat`, `pageout` (a forced scan), `close`.
+    `format_vm_stat`, `pageout` (a forced scan), `close`;
+  * hooks for issue 7's modules: `shared_regions` (the system set new tasks map,
+    vmcore.shared_region) and `shared_region_sets`; `kmem` (kernel_map / kernel_object, made by
+    vmcore.kmem on first use); `wired_acct` (vmcore.wired, with wired_accounting=True; vm_stat
+    syncs it first); object_create enters a DEVICE pager's pages as fictitious frames
+    (vmcore.device_pager).
 
 Construction: `Kernel(memory="64MiB", page_size=4096, policy="mach", default_pager=None,
 clock=None, ncpu=1, event_sink=None)`. `memory` is bytes or a string ("64MiB", "512KiB", "1GiB");

@@ -20,7 +20,14 @@ reused only if no translation was removed in between (kernel.pmap_epoch unchange
 fork (seed 004, xnu vm_map_fork): per entry inheritance: none -> nothing; shared -> the child maps
 the same object (a needs_copy entry gets its shadow first, the object becomes true_share); copy ->
 symmetric copy-on-write (both entries needs_copy, the parent's translations write-protected), or
-an eager copy (vm_object_copy_slowly) when the object is true_share. Submaps are always shared.
+an eager copy (vm_object_copy_slowly) when the object is true_share. Submap entries are always
+shared, keeping use_pmap (nested: the child views the submap's shared pmap) and copy-on-write
+(the shared region's DATA). Device memory is always shared, never copied (vmcore.device_pager).
+The child keeps its parent's shared region set (vmcore.shared_region).
+
+Submaps (vm_map of a named region): nested by default (use_pmap true: translations shared through
+the submap's pmap), or copy=True for a copy-on-write submap mapping (use_pmap false). vm_protect
+of a nested entry unnests it (pmap_unnest: private translations from then on).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ submap / use_pmap text, each test against the sentence it checks."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from vmcore import invariants
@@ -223,3 +225,112 @@ def test_use_pmap_on_named_regions(k):
     assert a.read(ya + off, 6) == b"Shared"
     with pytest.raises(InvalidArgument):
         a.vm_map(region, copy=True, use_pmap=True)
+
+
+# ---- a state machine over the shared region, with forks, resets, pressure and new regions --------
+
+from hypothesis import settings, strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+LIBS = {name: _blob(seed, NTEXT + NDATA) for name, seed in (("libA", 3), ("libB", 5), ("libC", 7))}
+
+
+class SharedRegionMachine(RuleBasedStateMachine):
+    """Every task sees each loaded library's text, and its own view of the data: the file's
+    bytes overlaid with what it (or the parent it was forked from) wrote since its last reset."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = Kernel(memory="1MiB")
+        self.tasks = []  # (task, {lib: {offset: byte}})
+        self.libs = {}  # (regions, name) -> LoadedLibrary
+
+    def teardown(self):
+        self.k.close()
+
+    @rule(new_regions=st.booleans())
+    def create_task(self, new_regions):
+        if len(self.tasks) >= 6:
+            return
+        if new_regions:
+            new_system_shared_regions(self.k)
+        self.tasks.append((self.k.task_create(f"t{len(self.tasks)}"), {}))
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data(), name=st.sampled_from(sorted(LIBS)))
+    def load(self, data, name):
+        t, view = data.draw(st.sampled_from(self.tasks))
+        regs = t.shared_regions or self.k.shared_regions
+        key = (id(regs), name)
+        if key in self.libs:
+            lib = load_shared_file(t, name, self.libs[key].object)
+        else:
+            lib = load_shared_file(t, name, LIBS[name], text_size=NTEXT * PS)
+            self.libs[(id(t.shared_regions), name)] = lib
+        view.setdefault(name, {})
+
+    def _pick(self, data):
+        cands = [(t, v, n) for t, v in self.tasks for n in v]
+        return data.draw(st.sampled_from(cands)) if cands else None
+
+    def _lib(self, t, name):
+        return self.libs[(id(t.shared_regions), name)]
+
+    @rule(data=st.data(), off=st.integers(0, NDATA * PS - 1), val=st.integers(0, 255))
+    def write_data(self, data, off, val):
+        got = self._pick(data)
+        if got is None:
+            return
+        t, view, name = got
+        t.write(self._lib(t, name).data_address + off, bytes([val]))
+        view[name][off] = val
+
+    @rule(data=st.data())
+    def reset(self, data):
+        got = self._pick(data)
+        if got is None:
+            return
+        t, view, name = got
+        reset_shared_file(t, name)
+        view[name] = {}
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def fork(self, data):
+        if len(self.tasks) >= 6:
+            return
+        t, view = data.draw(st.sampled_from(self.tasks))
+        self.tasks.append((t.fork(), {n: dict(v) for n, v in view.items()}))
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def terminate(self, data):
+        i = data.draw(st.integers(0, len(self.tasks) - 1))
+        self.tasks.pop(i)[0].terminate()
+
+    @rule()
+    def pressure(self):
+        self.k.pageout()
+
+    @rule(data=st.data())
+    def check_view(self, data):
+        got = self._pick(data)
+        if got is None:
+            return
+        t, view, name = got
+        lib = self._lib(t, name)
+        blob = LIBS[name]
+        assert t.read(lib.text_address, NTEXT * PS) == blob[:NTEXT * PS]
+        want = bytearray(blob[NTEXT * PS:])
+        for off, val in view[name].items():
+            want[off] = val
+        assert t.read(lib.data_address, NDATA * PS) == bytes(want)
+
+    @invariant()
+    def consistent(self):
+        invariants.check(self.k)
+
+
+TestSharedRegionMachine = SharedRegionMachine.TestCase
+TestSharedRegionMachine.settings = settings(max_examples=1000 if os.environ.get("VM_SOAK") == "1"
+                                            else 25, stateful_step_count=30, deadline=None)
