@@ -117,12 +117,33 @@ class KernelMemory:
         object_page_remove(k, self.object, lo, lo + e.npages)
         self.object.ref_count -= 1
 
+    def grab_wired(self, e: VMMapEntry, slot: int) -> int:
+        """kernel_memory_allocate for one page: vm_page_grab, zero it, insert it in kernel_object,
+        wire it and enter its translation (no fault: kernel allocations are not counted as
+        translation faults or zero fills). May raise ResourceShortage."""
+        k = self.kernel
+        pm = k.pm
+        f = k.page_grab()
+        pm.views[f][:] = pm.zero_page
+        k.page_insert(self.object, (e.offset >> k.page_shift) + slot, f)
+        k.frame_wire(f)
+        k.pmap_enter(e, slot, f, True)
+        return f
+
     def _wire(self, e: VMMapEntry) -> None:
+        import numpy as np
+
+        frames: list[int] = []
         try:
-            self.task.vm_wire(e.start, e.end - e.start)
+            for s in range(e.npages):
+                frames.append(self.grab_wired(e, s))
         except BaseException:
+            for f in frames:
+                self.kernel.frame_unwire(f)
             self._remove(e)
             raise
+        e.wired_frames = np.array(frames, dtype=np.int32)
+        e.wired_count = 1
 
     def alloc(self, size, kind: str, align: int | None = None, mask: int = 0) -> int:
         size = self._size(size)
@@ -182,7 +203,7 @@ class KernelMemory:
         chosen = set(frames)
         pm.free[:] = [f for f in pm.free if f not in chosen]
         base = e.offset >> k.page_shift
-        for i, f in enumerate(frames):
+        for i, f in enumerate(frames):  # taken off the free list directly: no fault counted
             pm.views[f][:] = pm.zero_page
             k.page_insert(self.object, base + i, f)
             k.frame_wire(f)

@@ -233,19 +233,14 @@ class WiredAccounting:
         try:
             need = self.pages_needed()
             grown = 0
-            k = self.kernel
-            ps = k.page_size
-            from vmcore.fault import vm_fault
-
             while len(self.frames) < need:
                 slot = len(self.frames)
                 if slot >= self.zone_entry.npages:
                     break
                 try:
-                    f = vm_fault(k, self.kmem.task, self.zone_addr + slot * ps, True)
+                    f = self.kmem.grab_wired(self.zone_entry, slot)
                 except ResourceShortage:
                     break
-                k.frame_wire(f)
                 self.frames.append(f)
                 grown += 1
             self.deficit_pages = max(0, need - len(self.frames))
