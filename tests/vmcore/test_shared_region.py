@@ -241,9 +241,11 @@ class SharedRegionMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.k = Kernel(memory="1MiB")
+        self.k = Kernel(memory="2MiB", wired_accounting=True)
         self.tasks = []  # (task, {lib: {offset: byte}})
         self.libs = {}  # (regions, name) -> LoadedLibrary
+        self.kmem = {}  # address -> (size, fill byte)
+        self.devices = []  # (task, address, numpy buffer)
 
     def teardown(self):
         self.k.close()
@@ -326,9 +328,72 @@ class SharedRegionMachine(RuleBasedStateMachine):
             want[off] = val
         assert t.read(lib.data_address, NDATA * PS) == bytes(want)
 
+    @rule(kind=st.sampled_from(["wired", "pageable", "aligned", "contig"]),
+          npages=st.sampled_from([1, 2, 4, 8]), fill=st.integers(1, 255))
+    def kmem_alloc(self, kind, npages, fill):
+        from vmcore.errors import ResourceShortage
+        from vmcore.kmem import (
+            kernel_map, kmem_alloc, kmem_alloc_aligned, kmem_alloc_contig, kmem_alloc_pageable,
+            kmem_write,
+        )
+
+        km = kernel_map(self.k)
+        fn = {"wired": kmem_alloc, "pageable": kmem_alloc_pageable,
+              "aligned": kmem_alloc_aligned, "contig": kmem_alloc_contig}[kind]
+        try:
+            a = fn(km, npages * PS)
+        except ResourceShortage:
+            assert kind == "contig"
+            return
+        kmem_write(km, a, bytes([fill]) * (npages * PS))
+        self.kmem[a] = (npages * PS, fill)
+
+    @precondition(lambda self: self.kmem)
+    @rule(data=st.data())
+    def kmem_free(self, data):
+        from vmcore.kmem import kernel_map, kmem_free, kmem_read
+
+        a = data.draw(st.sampled_from(sorted(self.kmem)))
+        size, fill = self.kmem.pop(a)
+        km = kernel_map(self.k)
+        assert kmem_read(km, a, size) == bytes([fill]) * size
+        kmem_free(km, a, size)
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data(), off=st.integers(0, 2 * PS - 1), val=st.integers(0, 255))
+    def device(self, data, off, val):
+        import numpy as np
+
+        from vmcore.device_pager import DevicePager
+
+        t, _ = data.draw(st.sampled_from(self.tasks))
+        live = [(tt, a, b) for tt, a, b in self.devices if tt is t]
+        if not live:
+            buf = np.zeros(2 * PS, dtype=np.uint8)
+            self.devices.append((t, t.vm_map_object(DevicePager(buf)), buf))
+            live = self.devices[-1:]
+        _, a, buf = live[0]
+        t.write(a + off, bytes([val]))
+        assert buf[off] == val
+
+    @rule(data=st.data())
+    def thread(self, data):
+        from vmcore.wired import thread_create
+
+        if self.tasks:
+            thread_create(data.draw(st.sampled_from(self.tasks))[0],
+                          blocked=data.draw(st.booleans()))
+
     @invariant()
     def consistent(self):
+        self.devices = [(t, a, b) for t, a, b in self.devices if t.alive]
+        for t, a, buf in self.devices:
+            assert t.read(a, 2 * PS) == buf.tobytes()
         invariants.check(self.k)
+        acct = self.k.wired_acct
+        vs = self.k.vm_stat()
+        assert acct.deficit_pages == 0 and acct.pages_held >= acct.pages_needed()
+        assert vs["Pages wired down"] >= acct.pages_held
 
 
 TestSharedRegionMachine = SharedRegionMachine.TestCase
