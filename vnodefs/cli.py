@@ -79,6 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", metavar="FILE", help="also write the summary as JSON (keys include wall_s, "
                    "exit_status, requests, bytes_read, pages_read, major_faults, trace)")
     r.add_argument("--quiet", action="store_true", help="do not print the summary")
+    g = r.add_argument_group("launch profiles (issue 6: record a real program's launch, seed the next ones)")
+    g.add_argument("--profile", metavar="APP", help="use the launch profile APP of the command's executable "
+                   "(path + inode + mtime): the first run records the pages the command's process tree read "
+                   "through the mount into VAR/vm/app_profile/<uid>/APP.aprof; later runs prefetch them, then "
+                   "report blocking requests, major faults and prefetch used/wasted/late pages. Every such run "
+                   "is cold: fresh mount, host cache of SOURCE dropped (posix_fadvise DONTNEED)")
+    g.add_argument("--var", default="var", metavar="DIR", help="the VAR directory of the profile tree (default: var)")
+    g.add_argument("--prefetch", choices=("cache", "read", "fadvise", "off"), default=None,
+                   help="how a seeded run prefetches: cache (default; BootCache-style: the daemon reads the "
+                   "profile's extents in large sorted requests into a private cache from mount time and serves "
+                   "the command's reads from it; works in direct mode too), read (a helper reads the extents "
+                   "through the mount so they land in the kernel page cache; page mode), fadvise "
+                   "(posix_fadvise WILLNEED + readahead(2) on the mount's files; page mode), off (a cold run "
+                   "that keeps the profile)")
+    g.add_argument("--record", action="store_true", help="also record a seeded run and merge it into the profile "
+                   "(a seeded run records nothing otherwise)")
+    g.add_argument("--min-count", type=int, default=1, metavar="N", help="with --record: keep pages touched in at "
+                   "least N of the merged launches (default 1)")
+    g.add_argument("--window", type=float, default=None, metavar="S", help="launch window: record the pages read "
+                   "in the first S seconds of the command (default: the whole run)")
+    g.add_argument("--prefetch-max", type=float, default=None, metavar="MiB", help="cap the prefetch (and the "
+                   "daemon's cache) at this many MiB (default: the whole profile)")
+    g.add_argument("--prefetch-gap", default="auto", metavar="PAGES", help="bridge holes of up to PAGES pages "
+                   "between profiled pages (read through rather than seek over); auto (default) = the pages "
+                   "the latency model transfers in one seek time (hdd 234, ssd 12, none 0)")
+    g.add_argument("--no-drop-cache", action="store_true", help="do not drop the host's page cache of SOURCE "
+                   "before the run (then the run is not cold on the host)")
 
     d = sub.add_parser("demo", help="generate data, mount it, read it three ways, print the locality summary",
                        description="Generate a seeded data directory, mount it through vnodefs (direct "
@@ -183,6 +210,14 @@ def cmd_run(args, command: list[str]) -> int:
         jdir = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(jdir) or not os.access(jdir, os.W_OK) or os.path.isdir(args.json):
             return _err("run", f"cannot write JSON file {args.json}")
+    if args.profile is None:
+        for opt, val in (("--prefetch", args.prefetch), ("--record", args.record or None),
+                         ("--window", args.window), ("--prefetch-max", args.prefetch_max),
+                         ("--no-drop-cache", args.no_drop_cache or None)):
+            if val is not None:
+                return _err("run", f"{opt} needs --profile APP")
+    else:
+        return _cmd_run_profile(args, command, trace)
     try:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
                                       read_only=args.read_only, xattr=args.xattr)
@@ -198,6 +233,33 @@ def cmd_run(args, command: list[str]) -> int:
         print(text, file=sys.stderr)
         if trace:
             print(f"  trace         {trace}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(summary, fh, indent=2)
+            fh.write("\n")
+    return status
+
+
+def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
+    from vnodefs.mount import MountError
+    from vnodefs.run import CommandNotFound
+    from vnodefs.seeding import format_report, run_seeded
+
+    try:
+        status, summary = run_seeded(args.source, command, args.profile, trace, var=args.var,
+                                     strategy=args.prefetch or "cache", record=args.record, window=args.window,
+                                     min_count=args.min_count, latency=args.latency, cache=args.cache,
+                                     read_only=args.read_only, xattr=args.xattr,
+                                     prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
+                                     drop_cache=not args.no_drop_cache,
+                                     log=lambda m: print(m, file=sys.stderr, flush=True))
+    except CommandNotFound as e:
+        print(f"vnodefs run: {e}", file=sys.stderr)
+        return 127
+    except MountError as e:
+        return _err("run", str(e))
+    if not args.quiet:
+        print(format_report(summary), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=2)

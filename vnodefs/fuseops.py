@@ -348,12 +348,15 @@ class VnodeFUSE(mfusepy.FUSE):
     """mfusepy.FUSE with vnodefs' dispatcher. Construct with (ops, mountpoint, latency=, **options);
     like mfusepy.FUSE, the constructor runs the file system until it is unmounted."""
 
-    def __init__(self, operations: Passthrough, mountpoint: str, latency: LatencyModel, **kwargs):
+    def __init__(self, operations: Passthrough, mountpoint: str, latency: LatencyModel, pcache=None,
+                 **kwargs):
         self.trace = operations.trace
         self.latency = latency
         self.fid_of_fd = operations.fid_of_fd
+        #: vnodefs.prefetch.PrefetchCache (strategy `cache` of `vnodefs run --profile`) or None
+        self._pcache = pcache
         self._tracing = self.trace.enabled
-        self._plain = not self._tracing and not latency.active  # nothing to measure: just call
+        self._plain = not self._tracing and not latency.active and pcache is None  # nothing to do: just call
         self._heads = latency.heads
         self._lat_active = latency.active
         self._append, self._pack = self.trace.append, self.trace.pack
@@ -404,6 +407,20 @@ class VnodeFUSE(mfusepy.FUSE):
             length, offset = args[2], args[3]
             fd = args[4].contents.fh
             fid = self.fid_of_fd.get(fd, 0)
+            pc = self._pcache
+            if pc is not None:
+                if op == _READ:
+                    try:
+                        got = pc.serve(fid, fd, args[1], length, offset)
+                    except OSError as e:
+                        got = (_neg_errno(e), 0, 0)
+                    if got is not None:
+                        if self._tracing:
+                            self._append(self._pack(t0, _mono() - t0, got[1], offset, length, got[0], pid, uid,
+                                                    fid, op, got[2], 0))
+                        return got[0]
+                else:
+                    pc.invalidate(fid)
             heads = self._heads  # LatencyModel.charge, inlined (this is the per-request hot path)
             if heads.get(fid) != offset:
                 flags = FLAG_SEEK
@@ -442,6 +459,10 @@ class VnodeFUSE(mfusepy.FUSE):
             fip = args[-1]
             fid = self.fid_of_fd.get(fip.contents.fh, 0) if result == 0 else \
                 self.trace.file_id(args[0].decode(self.encoding, self.errors))
+            if self._pcache is not None and (op == _CREATE or fip.contents.flags & os.O_TRUNC):
+                self._pcache.invalidate(fid)
+        elif self._pcache is not None and (op == _TRUNC or op == _FALLOC):
+            self._pcache.invalidate(fid)
         if self._tracing:
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0))
         return result

@@ -363,7 +363,8 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 
 @contextlib.contextmanager
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
-            read_only: bool = False, mountpoint: str | None = None, xattr: bool = False):
+            read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
+            extra: dict | None = None):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -371,7 +372,7 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
         tmp = mountpoint = tempfile.mkdtemp(prefix="vnodefs-mnt-")
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
-                  xattr=xattr)
+                  xattr=xattr, extra=extra)
         try:
             yield m
         finally:
@@ -430,6 +431,21 @@ def serve(config: dict, ready=None) -> int:
     _keep_request_buffers()
     writer = TraceWriter(config.get("trace"))
     ops = (PassthroughXattr if fsconf.xattr else Passthrough)(fsconf, writer)
+    lat_model = LatencyModel(spec)
+    pcache = None
+    if config.get("prefetch"):  # `vnodefs run --profile APP --prefetch cache`: the playlist file
+        from vnodefs.prefetch import PrefetchCache
+
+        pf = config["prefetch"]
+        try:
+            with open(pf["playlist"]) as fh:
+                extents = json.load(fh)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"vnodefs: mount failed: cannot read the prefetch playlist: {e}", file=sys.stderr, flush=True)
+            return 1
+        pcache = PrefetchCache(fsconf.source, extents, writer, lat_model,
+                               page_size=int(pf.get("page_size", os.sysconf("SC_PAGE_SIZE"))),
+                               wait_s=float(pf.get("wait_s", 10.0)))
     header = {
         "format": "vnodefs-trace", "version": 1, "record_size": 64, "clock": "CLOCK_MONOTONIC",
         "source": fsconf.source, "mountpoint": mnt, "cache_mode": fsconf.cache,
@@ -459,7 +475,12 @@ def serve(config: dict, ready=None) -> int:
                 return
             before, now = _bdi_readahead(m[1])
             header.update(bdi=m[1], readahead_kb=now, readahead_kb_default=before, negotiated=ops.negotiated)
+            if pcache is not None:
+                header["prefetch"] = {"strategy": "cache", "extents": len(pcache.extents),
+                                      "bytes": sum(e.length for e in pcache.extents), "op": 10}
             writer.start(header)
+            if pcache is not None:
+                pcache.start()
             import psutil
 
             state = {"pid": os.getpid(), "pid_create_time": psutil.Process().create_time(),
@@ -488,7 +509,7 @@ def serve(config: dict, ready=None) -> int:
         options["ro"] = True
     status = 0
     try:
-        VnodeFUSE(ops, mnt, latency=LatencyModel(spec), **options)
+        VnodeFUSE(ops, mnt, latency=lat_model, pcache=pcache, **options)
     except RuntimeError as e:
         if header.get("bdi") is not None:  # it was mounted: libfuse reports a signal-ended loop as 8
             print(f"vnodefs: stopped by a signal (libfuse status {e}); unmounted, trace flushed",
@@ -499,6 +520,8 @@ def serve(config: dict, ready=None) -> int:
             status = 1
     finally:
         stop.set()
+        if pcache is not None:
+            pcache.stop()
         writer.close()
         st = read_state(mnt)
         if st is not None and st.get("pid") == os.getpid():

@@ -51,9 +51,15 @@ def substitute(args: list[str], mnt: str) -> list[str]:
 
 def run_command(source: str, command: list[str], trace: str | None, latency: str = "none",
                 cache: str = "page", read_only: bool = False, xattr: bool = False, env: dict | None = None,
-                log=lambda msg: None) -> tuple[int, dict]:
+                log=lambda msg: None, extra: dict | None = None, on_start=None, after_exit=None,
+                command_mask=None) -> tuple[int, dict]:
     """Run `command` against a fresh mount of `source`; return (exit status, summary dict).
-    Raises MountError for bad input or a failed mount (nothing is left mounted)."""
+    Raises MountError for bad input or a failed mount (nothing is left mounted).
+
+    Hooks (used by vnodefs.seeding): `extra` is merged into the daemon's config; `on_start(mnt,
+    t0_ns)` is called right after COMMAND started, `after_exit(mnt)` after it exited and before the
+    unmount; `command_mask(trace) -> bool array` limits the summary to COMMAND's own records.
+    The summary also holds `command_start_ns` / `command_end_ns` (CLOCK_MONOTONIC, the trace's clock)."""
     if not command:
         raise MountError("no command given: put it after --, e.g. vnodefs run SRC -- cat {mnt}/file")
     exe = command[0]
@@ -65,18 +71,23 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
     status = 0
     ru = None
     t0 = t1 = 0.0
-    with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only, xattr=xattr) as m:
+    t0_ns = t1_ns = 0
+    with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only, xattr=xattr,
+                 extra=extra) as m:
         mnt = m.mountpoint
         argv = substitute(command, mnt)
         child_env = dict(os.environ if env is None else env)
         child_env["VNODEFS_MNT"] = mnt
         exe = argv[0]
         log(f"vnodefs run: {source} mounted on {mnt} (cache {cache}, latency {latency}); running {' '.join(argv)}")
-        t0 = time.monotonic()
+        t0_ns = time.monotonic_ns()
+        t0 = t0_ns / 1e9
         try:
             proc = subprocess.Popen(argv, env=child_env)
         except OSError as e:
             raise CommandNotFound(f"cannot run {exe}: {e.strerror}") from None
+        if on_start is not None:
+            on_start(mnt, t0_ns)
         old_term = signal.signal(signal.SIGTERM, lambda s, f: proc.send_signal(signal.SIGTERM))
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -92,14 +103,18 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
             proc.returncode = 0  # reaped by wait4; keep Popen from waiting again
-        t1 = time.monotonic()
+        t1_ns = time.monotonic_ns()
+        t1 = t1_ns / 1e9
         if os.WIFSIGNALED(wstatus):
             status = 128 + os.WTERMSIG(wstatus)
         else:
             status = os.waitstatus_to_exitcode(wstatus)
+        if after_exit is not None:
+            after_exit(mnt)
     summary = {}
     if trace is not None:
-        summary = summarize(load(trace))
+        tr = load(trace)
+        summary = summarize(tr, None if command_mask is None else command_mask(tr))
     summary.update({
         "wall_s": t1 - t0,
         "exit_status": status,
@@ -110,6 +125,8 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
         "command": command,
         "source": os.path.abspath(source),
         "trace": trace,
+        "command_start_ns": t0_ns,
+        "command_end_ns": t1_ns,
     })
     for key in ("requests", "bytes_read", "pages_read"):
         summary.setdefault(key, 0)
