@@ -6,6 +6,9 @@ Owns: the argument parsers, help texts and exit statuses of
                   [--cache page|direct] [--read-only] [--foreground]
     vnodefs umount MOUNTPOINT
     vnodefs run SOURCE [mount options] [--json FILE] -- COMMAND [ARGS...]
+    vnodefs run --profile APP [--var DIR] [--prefetch cache|read|fadvise|off] [--record]
+                [--min-count N] [--window S] [--prefetch-max MiB] [--prefetch-gap PAGES|auto]
+                [--no-drop-cache] SOURCE [mount options] -- COMMAND ...   (vnodefs.seeding)
     vnodefs demo [--size MiB] [--keep DIR] [--seed N]
     vnodefs trace TRACE [--json]          (alias: vnodefs summary)
 

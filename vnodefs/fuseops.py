@@ -22,6 +22,9 @@ Invariants:
   * O_APPEND and O_DIRECT are not passed to the host fd (the kernel sends explicit offsets, and
     page-cache writeback may write any offset through any writable handle); write-only opens get a
     read-write host fd when permitted, so the kernel may read pages through it.
+  * with a prefetch cache (vnodefs.prefetch.PrefetchCache, `vnodefs run --profile --prefetch
+    cache`), every read asks the cache first; a write, truncate, fallocate, create or O_TRUNC open
+    drops the file's cached pages before/after it reaches the host.
 Caveats:
   * Writeback cache and FUSE passthrough stay off (they would hide requests from the trace).
   * `page` mode uses libfuse's auto_cache: the kernel keeps a file's pages across opens unless the

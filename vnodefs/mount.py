@@ -23,6 +23,11 @@ trace and exits; `umount` waits for that. If the daemon is gone (killed), the de
 is removed with `fusermount3 -u -z`. SIGTERM/SIGINT/SIGHUP to the daemon also unmount cleanly
 (libfuse's handlers), and the trace is flushed.
 
+Prefetch: a config key `prefetch` = {"playlist": FILE (JSON list of [path, offset, length]),
+"page_size"} makes the daemon build a vnodefs.prefetch.PrefetchCache and start it once the mount is
+ready (the trace header then has a `prefetch` object); `mount(..., extra=)` / `mounted(..., extra=)`
+pass such keys through.
+
 Caveats: only the user who mounted can use the mount (no allow_other). A busy mount (open files,
 a process's cwd) refuses `umount` with EBUSY, reported in one line.
 """

@@ -65,9 +65,11 @@ def auto_gap(seek_us: float, mbps: float, page_size: int = 4096) -> int:
 def plan_extents(pages_by_file: dict, source: str, page_size: int, max_gap: int = 0,
                  max_bytes: int | None = None, max_request_pages: int = 256) -> tuple[list, dict]:
     """The playlist: [(path, offset, length)] sorted by path then offset, coalesced runs of profiled
-    pages (holes <= max_gap pages bridged), clipped to the files' current sizes, files missing
+    pages (holes <= max_gap pages bridged, i.e. read through; a long run is cut into contiguous
+    requests of max_request_pages, so only the gaps between runs cost a seek; like
+    vmcore.workingset.coalesce, whose bridged mode instead restarts each request at a profiled page), clipped to the files' current sizes, files missing
     from SOURCE skipped, cut at max_bytes. Returns (extents, info)."""
-    from vmcore.workingset import coalesce
+    import numpy as np
 
     info = {"files_missing": 0, "pages_past_eof": 0, "cut_bytes": 0}
     live = {}
@@ -84,8 +86,17 @@ def plan_extents(pages_by_file: dict, source: str, page_size: int, max_gap: int 
             live[path] = (keep, size)
     out = []
     total = 0
-    for path, first, n in coalesce({p: v[0] for p, v in live.items()}, max_request_pages=max_request_pages,
-                                   max_gap=max_gap):
+    runs = []
+    for path in sorted(live):  # runs of profiled pages, holes <= max_gap bridged, cut into contiguous
+        pages = np.unique(np.asarray(live[path][0], dtype=np.int64))  # requests (no seek between them)
+        breaks = np.flatnonzero(np.diff(pages) > max_gap + 1) + 1
+        for lo_i, hi_i in zip(np.concatenate(([0], breaks)).tolist(), np.concatenate((breaks, [pages.size])).tolist()):
+            lo, hi = int(pages[lo_i]), int(pages[hi_i - 1]) + 1
+            while lo < hi:
+                n = min(max_request_pages, hi - lo)
+                runs.append((path, lo, n))
+                lo += n
+    for path, first, n in runs:
         size = live[path][1]
         off = first * page_size
         ln = min(n * page_size, size - off)
