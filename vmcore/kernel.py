@@ -19,7 +19,8 @@ Construction: `Kernel(memory="64MiB", page_size=4096, policy="mach", default_pag
 clock=None, ncpu=1, event_sink=None)`. `memory` is bytes or a string ("64MiB", "512KiB", "1GiB");
 `default_pager` is a vmcore.pager.PagerFactory (None: vmcore.testing.memory_pager_factory);
 `wired_accounting=True` charges seed 001's wired cost of kernel resources in real wired pages
-(vmcore.wired). `clock` has `.now()` (None: a ManualClock the model advances per fault and per scan); `policy` is
+(vmcore.wired). `clock` has `.now()` (None: a ManualClock the model advances per fault and per
+scan); `policy` is
 "mach" (active/inactive queues + pageout daemon) or a reference policy name from vmcore.policy
 ("lru", "fifo", "clock"), or a ReplacementPolicy object.
 
