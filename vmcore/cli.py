@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="vmcore: a runnable model of the Mach / Mac OS X VM system.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_replay(sub)
+    from vmcore.scenario import add_scenario_parser
+
+    add_scenario_parser(sub)
     return parser
 
 
