@@ -1,5 +1,5 @@
-"""`vmcore` command line: the wiring layer's entry point (subcommands; `replay` now, `scenario` and
-`experiment` from later issues plug into the same subparsers).
+"""`vmcore` command line: the wiring layer's entry point (subcommands `replay` and `experiment`;
+`scenario` from a later issue plugs into the same subparsers).
 
 Owns: `main(argv) -> int`, the argument parsers, the text / JSON output of `vmcore replay`, the
 progress bar, and reading vnodefs binary traces (this module may import vnodefs; vmcore.replay,
@@ -7,6 +7,9 @@ a model module, may not).
 
     vmcore replay TRACE --memory SIZE [--policy mach|lru|fifo|clock] [--page-size N] [--json]
                   [--swap DIR] [--progress | --no-progress] [--ops read,write] [--pid PID]
+    vmcore experiment seeding [--workload NAME ...] [--runs K] [--latency MODEL] [--json FILE]
+                  [--plot FILE] [--size small|default|large] [--work DIR] [--seed N] [--keep]
+                  (vmcore.experiment: parser, run loop and output live there)
 
 TRACE is a text trace (`PAGE [r|w]` or `FILE OFFSET [r|w]` per line, `#` comments), a numpy .npy
 trace, or a vnodefs trace file (told apart by content). Output: vm_stat-style lines, or with --json
@@ -271,6 +274,14 @@ def cmd_replay(args) -> int:
     return 0
 
 
+# ---- vmcore experiment (vmcore.experiment) ---------------------------------------------------------------
+
+def _add_experiment(sub) -> None:
+    from vmcore.experiment import add_experiment_parser
+
+    add_experiment_parser(sub)
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vmcore.scenario import add_scenario_parser
 
     add_scenario_parser(sub)
+    _add_experiment(sub)
     return parser
 
 

@@ -1,0 +1,664 @@
+"""`vmcore experiment seeding`: the project's main job. Cold vs profile-seeded launches of real
+programs over vnodefs, and the same launches replayed through the vmcore model.
+
+Owns (wiring layer, issue 6 item 4): `add_experiment_parser(subparsers)` and `run_experiment(args)`
+for vmcore.cli, `SeedingExperiment` (the run loop), `summarize_runs`, `format_table`, `plot`.
+May import vnodefs and swapd (tests/test_architecture.py treats vmcore.experiment* as wiring), but
+drives the real-program side ONLY through the `vnodefs run` command line (a subprocess of
+`python -m vnodefs run ...`): `--json` for the figures, `--profile APP --var DIR --prefetch S` for
+recording (first run of APP) and seeding (later runs).
+
+Flow, in a work directory (default a fresh temp dir, removed at the end unless --keep):
+  1. per real workload (vmcore.experiment_workloads: `sqlite`, `pyimport`) build SOURCE from the
+     seed, then K cold and K seeded launches, interleaved (cold 1, seeded 1, cold 2, ...), each a
+     fresh vnodefs mount (`vnodefs run` mounts and unmounts) with the host's page cache for SOURCE's
+     files dropped first (posix_fadvise DONTNEED on every file: no root needed). Cold run 1 is the
+     run that records the launch profile (`--profile APP`, no profile yet): an unseeded launch;
+     cold runs 2..K are plain `vnodefs run`s; seeded runs are `--profile APP --prefetch S`.
+  2. `model`: the vnodefs trace of each real workload's first cold run is expanded into page reads
+     (trace order) and replayed through a lab Kernel(files=SOURCE, var=..., latency=...): one modeled
+     task maps the same files (private, read-only) and touches the traced pages in trace order. Its
+     first launch records the launch profile (vmcore.lab_profiles), the later cold launches run with
+     seed="off", the seeded ones with seed="eager". Each launch is a fresh kernel (a reboot: nothing
+     resident), so its own direct-mode mount's trace holds every model page-in. Results are keyed
+     `model-sqlite`, `model-pyimport`.
+  3. the table (stdout), JSON (--json) and PNG (--plot).
+
+JSON: {"experiment": "seeding", "config": {...}, "workloads": {NAME: {"cold": [RUN...], "seeded":
+[RUN...], "info": {...}}}, "summary": {NAME: {"cold": {MEDIANS}, "seeded": {MEDIANS}, "ratios":
+{"wall_s": cold/seeded, ...}, "major_faults_reduction": 1 - seeded/cold}}}; every RUN has wall_s,
+major_faults, requests, bytes_read (and whatever `vnodefs run --json` gave), seeded runs `prefetch`
+{used, wasted, late, ...} in pages.
+
+Exit status: 0 done; 2 bad input (one line); 1 a run failed (its log's last lines are shown);
+130 interrupted. Teardown in every case: no mount, no temp dir left (try/finally; Ctrl-C sends
+SIGTERM to the running `vnodefs run`, which unmounts; a mount still left whose source is under the
+work dir is lazily unmounted).
+
+Caveats: wall time is the command's (from start to exit, as `vnodefs run` measures it; mounting
+is not included). The latency model has no device queue: a prefetch stream and the command's own
+reads proceed in parallel (see vnodefs.prefetch), which flatters seeding on a real single disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from vmcore.errors import InvalidArgument, VMError
+from vmcore.experiment_workloads import ALL_NAMES, MODEL, SIZES, WORKLOADS, child_env
+
+PROG = "vmcore experiment"
+PAGE = 4096
+RUN_KEYS = ("wall_s", "major_faults", "requests", "bytes_read")
+PREFETCH_KEYS = ("used", "wasted", "late")
+#: disk needed in the work dir, by size (database + library copy + traces, rounded up)
+DISK_NEEDED = {"small": 80 << 20, "default": 320 << 20, "large": 1100 << 20}
+
+
+class ExperimentError(VMError):
+    """A run failed (the message names it and shows its log's tail)."""
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+def drop_host_cache(source: str) -> int:
+    """posix_fadvise(DONTNEED) on every regular file under source; returns how many were dropped.
+    (Unprivileged; drops clean pages only, which is all SOURCE has: nothing writes there.)"""
+    n = 0
+    for root, _dirs, files in os.walk(source):
+        for f in files:
+            p = os.path.join(root, f)
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                n += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return n
+
+
+def our_mounts(work: str) -> list[str]:
+    """Mount points of vnodefs mounts whose source lies under `work`."""
+    out = []
+    try:
+        with open("/proc/mounts") as fh:
+            for ln in fh:
+                parts = ln.split()
+                if len(parts) >= 3 and parts[0].startswith("vnodefs:") and parts[2].startswith("fuse"):
+                    src = parts[0][len("vnodefs:"):].replace("\\040", " ")
+                    if src == work or src.startswith(work.rstrip(os.sep) + os.sep):
+                        out.append(parts[1].replace("\\040", " "))
+    except OSError:
+        pass
+    return out
+
+
+def _lazy_unmount(mnt: str) -> None:
+    for args in (["fusermount3", "-u", mnt], ["fusermount3", "-u", "-z", mnt], ["umount", "-l", mnt]):
+        with contextlib.suppress(OSError):
+            if subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                return
+
+
+def vnodefs_has_profile(python: str = sys.executable) -> bool:
+    """Does `vnodefs run` accept --profile (the real-program seeding of issue 6 item 3)?"""
+    try:
+        out = subprocess.run([python, "-m", "vnodefs", "run", "--help"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--profile" in out
+
+
+def _tail(path: str, n: int = 8) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + ln for ln in lines[-n:])
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _ratio(a, b):
+    if a is None or b is None:
+        return None
+    if b == 0:
+        return None if a == 0 else float("inf")
+    return a / b
+
+
+# ---- progress -----------------------------------------------------------------------------------------
+
+class Progress:
+    """One line per run on stderr: `[####......]  5/20  12s  sqlite seeded 2/3: ...`."""
+
+    def __init__(self, total: int, stream=None, quiet: bool = False):
+        self.total, self.done, self.t0 = max(total, 1), 0, time.monotonic()
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            el = time.monotonic() - self.t0
+            self.stream.write(f"{PROG}: {el:6.1f}s  {text}\n")
+            self.stream.flush()
+
+    def run_done(self, text: str) -> None:
+        self.done += 1
+        width = 20
+        k = min(width, self.done * width // self.total)
+        self.say(f"[{'#' * k}{'.' * (width - k)}] {self.done:>2}/{self.total} {text}")
+
+
+# ---- the experiment -----------------------------------------------------------------------------------
+
+class SeedingExperiment:
+    def __init__(self, workloads, runs=3, latency="hdd", size="default", seed=1, work=None,
+                 keep=False, cache="page", prefetch="read", sqlite_io="read", python=None,
+                 progress: Progress | None = None, seeded_real: bool | None = None):
+        self.names = list(workloads)
+        self.runs = runs
+        self.latency = latency
+        self.size = size
+        self.seed = seed
+        self.cache = cache
+        self.prefetch = prefetch
+        self.sqlite_io = sqlite_io
+        self.python = python or sys.executable
+        self.keep = keep
+        self.user_work = work
+        self.work = None
+        self.progress = progress or Progress(1)
+        self.seeded_real = seeded_real
+        self.results: dict[str, dict] = {}
+        self.info: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self._child: subprocess.Popen | None = None
+
+    # -- setup / teardown --
+    def _make_work(self) -> None:
+        if self.user_work is not None:
+            w = os.path.abspath(self.user_work)
+            if os.path.exists(w) and (not os.path.isdir(w) or os.listdir(w)):
+                raise InvalidArgument(f"--work {self.user_work}: not an empty directory")
+            os.makedirs(w, exist_ok=True)
+            self._made_work = not self.keep
+            self.work = w
+        else:
+            self.work = tempfile.mkdtemp(prefix="vmcore-exp-")
+            self._made_work = not self.keep
+        need = DISK_NEEDED[self.size]
+        st = os.statvfs(self.work)
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise InvalidArgument(f"work dir {self.work}: {free >> 20} MiB free, size {self.size} needs "
+                                  f"about {need >> 20} MiB")
+        os.makedirs(os.path.join(self.work, "tmp"), exist_ok=True)
+
+    def teardown(self) -> None:
+        if self._child is not None and self._child.poll() is None:
+            with contextlib.suppress(OSError):
+                self._child.send_signal(signal.SIGTERM)  # vnodefs run forwards it, then unmounts
+            try:
+                self._child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        self._child = None
+        if self.work is None:
+            return
+        for mnt in our_mounts(self.work):
+            _lazy_unmount(mnt)
+        if getattr(self, "_made_work", False):
+            shutil.rmtree(self.work, ignore_errors=True)
+            if os.path.exists(self.work):  # a busy mount point under it: one more try after unmount
+                time.sleep(0.5)
+                for mnt in our_mounts(self.work):
+                    _lazy_unmount(mnt)
+                shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- one real run through `vnodefs run` --
+    def real_run(self, name: str, mode: str, i: int, record: bool = False) -> dict:
+        wl = WORKLOADS[name]
+        src = os.path.join(self.work, name, "src")
+        tag = f"{name}-{mode}-{i}"
+        runs_dir = os.path.join(self.work, name, "runs")
+        os.makedirs(runs_dir, exist_ok=True)
+        trace = os.path.join(runs_dir, tag + ".vtrace")
+        out = os.path.join(runs_dir, tag + ".json")
+        log = os.path.join(runs_dir, tag + ".log")
+        argv = [self.python, "-m", "vnodefs", "run", src, "--latency", self.latency, "--cache", self.cache,
+                "--trace", trace, "--json", out, "--quiet"]
+        if mode == "seeded" or record:
+            argv += ["--profile", name, "--var", os.path.join(self.work, name, "var"),
+                     "--prefetch", self.prefetch if mode == "seeded" else "off"]
+        argv += ["--"] + wl.command(self.python, {"sqlite_io": self.sqlite_io})
+        drop_host_cache(src)
+        env = child_env()
+        env["TMPDIR"] = os.path.join(self.work, "tmp")  # the run's mount point lives in the work dir
+        with open(log, "w") as lf:
+            lf.write(" ".join(argv) + "\n")
+            lf.flush()
+            self._child = subprocess.Popen(argv, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, env=env,
+                                           cwd=runs_dir, start_new_session=True)
+            rc = self._child.wait()
+            self._child = None
+        try:
+            with open(out) as fh:
+                res = json.load(fh)
+        except (OSError, ValueError):
+            raise ExperimentError(f"{tag}: vnodefs run exited {rc} without a JSON result; its log:\n"
+                                  f"{_tail(log)}") from None
+        if rc != 0 or res.get("exit_status") != 0:
+            raise ExperimentError(f"{tag}: the workload exited {res.get('exit_status', rc)}; its log:\n{_tail(log)}")
+        for k in RUN_KEYS:
+            res.setdefault(k, 0)
+        res["mode"] = mode
+        res["run"] = i
+        res["recorded_profile"] = bool(record)
+        if mode == "seeded":
+            pf = res.get("prefetch")
+            if not isinstance(pf, dict) or not all(k in pf for k in PREFETCH_KEYS):
+                raise ExperimentError(f"{tag}: vnodefs run --profile gave no prefetch used/wasted/late; "
+                                      f"its log:\n{_tail(log)}")
+        return res
+
+    # -- one model launch --
+    def model_run(self, name: str, mode: str, i: int, plan) -> dict:
+        from vmcore import Kernel
+        from vnodefs import trace as vtrace
+
+        wl = WORKLOADS[name]
+        src = os.path.join(self.work, name, "src")
+        runs_dir = os.path.join(self.work, "model-" + name, "runs")
+        os.makedirs(runs_dir, exist_ok=True)
+        trace = os.path.join(runs_dir, f"model-{name}-{mode}-{i}.vtrace")
+        var = os.path.join(self.work, "model-" + name, "var")
+        files, seq, memory = plan
+        drop_host_cache(src)
+        old_tmp = tempfile.tempdir
+        tempfile.tempdir = os.path.join(self.work, "tmp")  # the kernel's mount point too
+        try:
+            with Kernel(memory=memory, files=src, var=var, latency=self.latency, trace=trace) as k:
+                before = k.vm_stat()
+                t0 = time.monotonic()
+                t = k.task_create(executable=wl.executable, seed="eager" if mode == "seeded" else "off")
+                bases = {f: t.vm_map_file(f, prot="r", shared=False) for f in files}
+                for fi, page in seq:
+                    t.read(bases[files[fi]] + page * PAGE, 1)
+                wall = time.monotonic() - t0
+                after = k.vm_stat()
+                score = t.prefetch_score()
+                recorded = getattr(t, "seed_mode", "off") == "off" and k.profiles.rec.recording(t)
+                t.terminate()
+        finally:
+            tempfile.tempdir = old_tmp
+        tr = vtrace.load(trace)
+        reads = tr.records[tr.op_mask("read")]
+        d = {key: int(after.get(key, 0) - before.get(key, 0)) for key in
+             ("Hard faults", "Soft faults", "Pageins", "Pagein requests", "Zero fill pages")
+             if key in after}
+        res = {"mode": mode, "run": i, "wall_s": wall, "major_faults": d.get("Hard faults", 0),
+               "requests": int(reads.size), "bytes_read": int(max(0, reads["result"].clip(min=0).sum())),
+               "pages_touched": len(seq), "vm_stat_delta": d, "trace": trace,
+               "recorded_profile": bool(recorded), "memory": memory}
+        if mode == "seeded":
+            res["prefetch"] = {k: int(v) for k, v in score.items()}
+        return res
+
+    def model_plan(self, name: str):
+        """(files, [(file index, page)], memory) from the first cold run's vnodefs trace."""
+        from vnodefs import trace as vtrace
+
+        runs = self.results.get(name, {}).get("cold") or []
+        if not runs:
+            raise ExperimentError(f"model-{name}: no cold run of {name} to replay")
+        tr = vtrace.load(runs[0]["trace"])
+        pages = tr.expand_pages(("read",), page_size=PAGE)
+        paths = tr.files or {}
+        fids = sorted({int(f) for f in pages["file"].tolist()})
+        files = [paths.get(f, f"file{f}") for f in fids]
+        index = {f: j for j, f in enumerate(fids)}
+        seq = [(index[int(f)], int(p)) for f, p in zip(pages["file"].tolist(), pages["page"].tolist())]
+        distinct = len(set(seq))
+        memory = max(64 << 20, ((distinct * PAGE * 2) + (16 << 20)) // (1 << 20) * (1 << 20))
+        self.info["model-" + name] = {"replays": runs[0]["trace"], "files": len(files),
+                                      "page_reads": len(seq), "distinct_pages": distinct,
+                                      "memory": memory}
+        return files, seq, memory
+
+    # -- the loop --
+    def total_runs(self) -> int:
+        real = [n for n in self.names if n != MODEL]
+        n = 2 * self.runs * len(real)
+        if MODEL in self.names:
+            n += 2 * self.runs * len(WORKLOADS)
+            n += sum(1 for w in WORKLOADS if w not in real)  # a capture run each
+        return n
+
+    def run(self) -> dict:
+        self._make_work()
+        p = self.progress
+        p.say(f"work dir {self.work} (size {self.size}: needs about {DISK_NEEDED[self.size] >> 20} MiB), "
+              f"latency {self.latency}, cache {self.cache}, prefetch {self.prefetch}, {self.runs} cold + "
+              f"{self.runs} seeded runs per workload")
+        if self.seeded_real is None:
+            self.seeded_real = vnodefs_has_profile(self.python)
+        if not self.seeded_real:
+            self.notes.append("this vnodefs has no `run --profile`: real seeded runs skipped")
+            p.say("note: " + self.notes[-1])
+        real = [n for n in WORKLOADS if n in self.names or MODEL in self.names]
+        for name in real:
+            src = os.path.join(self.work, name, "src")
+            t0 = time.monotonic()
+            info = WORKLOADS[name].build(src, self.size, self.seed)
+            info["build_s"] = round(time.monotonic() - t0, 2)
+            self.info[name] = info
+            p.say(f"built {name}: {', '.join(f'{k} {v}' for k, v in info.items())}")
+            reported = name in self.names
+            res = self.results.setdefault(name, {"cold": [], "seeded": []})
+            nruns = self.runs if reported else 1
+            for i in range(1, nruns + 1):
+                r = self.real_run(name, "cold", i, record=(i == 1 and self.seeded_real))
+                res["cold"].append(r)
+                p.run_done(self._line(name, "cold", i, nruns, r))
+                if reported and self.seeded_real:
+                    r = self.real_run(name, "seeded", i)
+                    res["seeded"].append(r)
+                    p.run_done(self._line(name, "seeded", i, nruns, r))
+            if not reported:
+                self.results.pop(name)
+                self.info[name]["capture_trace"] = res["cold"][0]["trace"]
+                self._captured = getattr(self, "_captured", {})
+                self._captured[name] = res
+        if MODEL in self.names:
+            for name in WORKLOADS:
+                if name not in self.results:
+                    self.results[name] = self._captured[name]
+                    plan = self.model_plan(name)
+                    self.results.pop(name)
+                else:
+                    plan = self.model_plan(name)
+                key = f"model-{name}"
+                res = self.results.setdefault(key, {"cold": [], "seeded": []})
+                for i in range(1, self.runs + 1):
+                    r = self.model_run(name, "cold", i, plan)
+                    res["cold"].append(r)
+                    p.run_done(self._line(key, "cold", i, self.runs, r))
+                    r = self.model_run(name, "seeded", i, plan)
+                    res["seeded"].append(r)
+                    p.run_done(self._line(key, "seeded", i, self.runs, r))
+        return self.report()
+
+    @staticmethod
+    def _line(name, mode, i, n, r) -> str:
+        s = (f"{name} {mode} {i}/{n}: {r['wall_s']:.2f} s, {r['major_faults']} major faults, "
+             f"{r['requests']} requests, {r['bytes_read'] / (1 << 20):.1f} MiB")
+        pf = r.get("prefetch")
+        if pf:
+            s += f", prefetch used {pf.get('used')} wasted {pf.get('wasted')} late {pf.get('late')}"
+        return s
+
+    def report(self) -> dict:
+        return {
+            "experiment": "seeding",
+            "config": {"workloads": self.names, "runs": self.runs, "latency": self.latency, "size": self.size,
+                       "seed": self.seed, "cache": self.cache, "prefetch": self.prefetch,
+                       "sqlite_io": self.sqlite_io, "work": self.work if self.keep else None,
+                       "python": self.python},
+            "info": self.info,
+            "notes": self.notes,
+            "workloads": self.results,
+            "summary": summarize_runs(self.results),
+        }
+
+
+def summarize_runs(results: dict) -> dict:
+    out = {}
+    for name, modes in results.items():
+        s = {}
+        for mode in ("cold", "seeded"):
+            runs = modes.get(mode) or []
+            m = {k: _median([r.get(k) for r in runs]) for k in RUN_KEYS}
+            m["runs"] = len(runs)
+            m["min"] = {k: min((r.get(k, 0) for r in runs), default=None) for k in RUN_KEYS}
+            m["max"] = {k: max((r.get(k, 0) for r in runs), default=None) for k in RUN_KEYS}
+            if mode == "seeded" and runs:
+                m["prefetch"] = {k: _median([(r.get("prefetch") or {}).get(k) for r in runs])
+                                 for k in PREFETCH_KEYS}
+            s[mode] = m
+        s["ratios"] = {k: _ratio(s["cold"][k], s["seeded"][k]) for k in RUN_KEYS}
+        c, d = s["cold"]["major_faults"], s["seeded"]["major_faults"]
+        s["major_faults_reduction"] = (1 - d / c) if c and d is not None else None
+        out[name] = s
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------------
+
+def _fmt(v, kind):
+    if v is None:
+        return "-"
+    if kind == "s":
+        return f"{v:.2f}"
+    if kind == "mib":
+        return f"{v / (1 << 20):.1f}"
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+def _cell(m, key, kind):
+    if m["runs"] == 0:
+        return "-"
+    med = _fmt(m[key], kind)
+    lo, hi = _fmt(m["min"][key], kind), _fmt(m["max"][key], kind)
+    return med if (m["runs"] == 1 or lo == hi) else f"{med} ({lo}-{hi})"
+
+
+def _x(r):
+    if r is None:
+        return "-"
+    if r == float("inf"):
+        return "inf"
+    return f"{r:.1f}x"
+
+
+def format_table(report: dict) -> str:
+    summ = report["summary"]
+    cfg = report["config"]
+    head = ("workload", "mode", "n", "wall s", "major faults", "requests", "MiB read", "prefetch used/wasted/late")
+    rows = []
+    for name, s in summ.items():
+        for mode in ("cold", "seeded"):
+            m = s[mode]
+            pf = m.get("prefetch")
+            pfs = "/".join(_fmt(pf[k], "n") for k in PREFETCH_KEYS) if pf else "-"
+            rows.append((name, mode, str(m["runs"]), _cell(m, "wall_s", "s"), _cell(m, "major_faults", "n"),
+                         _cell(m, "requests", "n"), _cell(m, "bytes_read", "mib"), pfs))
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    out = [f"Seeding experiment: latency {cfg['latency']}, size {cfg['size']}, seed {cfg['seed']}, "
+           f"cache {cfg['cache']}, prefetch {cfg['prefetch']} (median, min-max over runs)", line(head),
+           "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append(line(r))
+    out.append("")
+    out.append("cold / seeded (medians):")
+    for name, s in summ.items():
+        r = s["ratios"]
+        red = s["major_faults_reduction"]
+        out.append(f"  {name:<15s} wall {_x(r['wall_s'])}, requests {_x(r['requests'])}, "
+                   f"bytes {_x(r['bytes_read'])}, major faults {_x(r['major_faults'])}"
+                   + (f" ({red * 100:.0f}% fewer)" if red is not None else ""))
+    for n in report.get("notes", []):
+        out.append(f"note: {n}")
+    return "\n".join(out)
+
+
+def plot(report: dict, path: str) -> None:
+    """PNG: per workload, cold vs seeded wall time (s) and requests (medians, min-max bars, runs as dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["workloads"]
+    names = list(res)
+    n = max(len(names), 1)
+    fig, axes = plt.subplots(2, n, figsize=(3.4 * n + 0.6, 7.2), squeeze=False)
+    colors = {"cold": "#4878a8", "seeded": "#e08030"}
+    for j, name in enumerate(names):
+        for row, (key, label) in enumerate((("wall_s", "wall time (s)"),
+                                            ("requests", "read requests reaching vnodefs"))):
+            ax = axes[row][j]
+            for x, mode in enumerate(("cold", "seeded")):
+                vals = [r.get(key, 0) for r in res[name].get(mode, [])]
+                if not vals:
+                    continue
+                med = statistics.median(vals)
+                ax.bar(x, med, color=colors[mode], width=0.6,
+                       yerr=[[med - min(vals)], [max(vals) - med]], capsize=4, label=mode)
+                ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
+                ax.annotate(f"{med:.2f}" if key == "wall_s" else f"{med:.0f}", (x, med),
+                            textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+            ax.set_xticks([0, 1], ["cold", "seeded"])
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+            s = report["summary"][name]["ratios"][key]
+            ax.set_title(f"{name}: {'wall time' if key == 'wall_s' else 'requests'}"
+                         + (f"\ncold/seeded {_x(s)}" if s is not None else ""), fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    cfg = report["config"]
+    fig.suptitle(f"Cold vs profile-seeded launches (latency {cfg['latency']}, size {cfg['size']}, "
+                 f"{cfg['runs']} runs each; bars: median, whiskers: min-max, dots: runs)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+def add_experiment_parser(sub) -> None:
+    p = sub.add_parser("experiment", help="run the project's experiments (seeding)",
+                       description="Run one of the project's experiments.")
+    esub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", parser_class=type(p))
+    s = esub.add_parser(
+        "seeding", help="cold vs launch-profile-seeded runs of real programs over vnodefs, and the model",
+        description="Make data and workloads from a seed, run K cold and K seeded launches of each "
+                    "workload over fresh vnodefs mounts under a disk latency model, print a table "
+                    "(median and min-max of wall time, major faults, requests, bytes read, prefetch "
+                    "used/wasted/late) and optionally write JSON and a PNG plot. Workloads: sqlite "
+                    "(Python's sqlite3, point lookups in a database in the mount), pyimport (python -S "
+                    "-B importing a stdlib set copied into the mount), model (the real workloads' "
+                    "cold traces replayed through vmcore, cold and seeded). Disk: about 320 MiB "
+                    "(default size), 80 MiB (small), 1.1 GiB (large) in the work dir.",
+        epilog="Example: vmcore experiment seeding --size small --runs 1 --json out.json --plot out.png")
+    s.add_argument("--workload", action="append", metavar="NAME",
+                   help=f"a workload to run ({', '.join(ALL_NAMES)}); repeat for several; default all")
+    s.add_argument("--runs", type=int, default=3, metavar="K", help="cold and seeded runs per workload (default 3)")
+    s.add_argument("--latency", default="hdd", metavar="MODEL",
+                   help="vnodefs disk latency model: none, ssd, hdd (default) or SEEK_US:MBPS")
+    s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON")
+    s.add_argument("--plot", metavar="FILE", help="write a PNG plot (cold vs seeded wall time and requests)")
+    s.add_argument("--size", default="default", metavar="SIZE",
+                   help="small (CI: ~24 MiB database), default (~200 MiB) or large (~800 MiB)")
+    s.add_argument("--work", metavar="DIR",
+                   help="work directory (new or empty; default a temp dir removed at the end)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the data and the workloads (default 1)")
+    s.add_argument("--keep", action="store_true", help="keep the work directory (data, traces, logs)")
+    s.add_argument("--cache", default="page", choices=("page", "direct"),
+                   help="vnodefs cache mode of the real runs (default page: prefetched pages land in "
+                        "the kernel's page cache)")
+    s.add_argument("--prefetch", default="read", metavar="STRATEGY",
+                   help="vnodefs run --prefetch strategy of the seeded real runs: read (default), "
+                        "fadvise or cache")
+    s.add_argument("--sqlite-io", default="read", choices=("read", "mmap"),
+                   help="sqlite I/O: read (pread, default) or mmap (PRAGMA mmap_size: page faults)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    s.set_defaults(func=run_experiment)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def validate(args) -> list[str]:
+    names = []
+    for n in args.workload or list(ALL_NAMES):
+        for part in n.split(","):
+            part = part.strip()
+            if part not in ALL_NAMES:
+                raise InvalidArgument(f"unknown workload {part!r} (valid: {', '.join(ALL_NAMES)})")
+            if part not in names:
+                names.append(part)
+    if args.runs < 1:
+        raise InvalidArgument(f"--runs {args.runs}: need at least 1 run")
+    if args.size not in SIZES:
+        raise InvalidArgument(f"unknown size {args.size!r} (valid: {', '.join(SIZES)})")
+    from vnodefs.latency import LatencyError, parse_latency
+
+    try:
+        parse_latency(args.latency)
+    except LatencyError as e:
+        raise InvalidArgument(f"--latency: {e}") from None
+    if args.prefetch not in ("read", "fadvise", "cache"):
+        raise InvalidArgument(f"unknown prefetch strategy {args.prefetch!r} (valid: read, fadvise, cache)")
+    for opt in ("json", "plot"):
+        path = getattr(args, opt)
+        if path is not None:
+            d = os.path.dirname(os.path.abspath(path)) or "."
+            if not os.path.isdir(d) or not os.access(d, os.W_OK):
+                raise InvalidArgument(f"--{opt} {path}: directory {d} is not writable")
+    return names
+
+
+def _finite(x):
+    """The report with non-finite floats (a ratio over zero) as null: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    return x
+
+
+def run_experiment(args) -> int:
+    names = validate(args)
+    exp = SeedingExperiment(names, runs=args.runs, latency=args.latency, size=args.size, seed=args.seed,
+                            work=args.work, keep=args.keep, cache=args.cache, prefetch=args.prefetch,
+                            sqlite_io=args.sqlite_io, progress=None)
+    exp.progress = Progress(exp.total_runs(), quiet=args.quiet)
+    t0 = time.monotonic()
+    try:
+        rep = exp.run()
+    finally:
+        exp.teardown()
+    rep["elapsed_s"] = round(time.monotonic() - t0, 1)
+    print(format_table(rep))
+    print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(_finite(rep), fh, indent=1)
+        print(f"JSON: {args.json}")
+    if args.plot:
+        plot(rep, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
