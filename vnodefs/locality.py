@@ -330,28 +330,30 @@ def _stats(recs: np.ndarray, pages: np.ndarray, dist: np.ndarray, ps: int) -> di
     }
 
 
-def _breakdown(trace: Trace, recs: np.ndarray, pages: np.ndarray, keys: np.ndarray, by: str) -> list[dict]:
-    """Per-pid or per-file stats; stack distances within each group's own sub-trace (one call)."""
-    ps = trace.page_size
-    gr, gp = recs["pid" if by == "pid" else "file"], pages["pid" if by == "pid" else "file"]
-    groups = np.unique(gr)
-    if pages.size:
-        # the group's own sub-traces, one after the other: a reuse interval then never spans
-        # another group's accesses. Keys are made group-private (a page read by two pids is two keys).
-        order = np.argsort(gp, kind="stable")
-        gk = keys[order]
+def _breakdown(trace: Trace, recs: np.ndarray, pages: np.ndarray, keys: np.ndarray, by: str, ps: int) -> list[dict]:
+    """Per-pid or per-file stats; stack distances within each group's own sub-trace (one call).
+    Records and pages are sorted by group once and sliced, so many groups stay cheap."""
+    field = "pid" if by == "pid" else "file"
+    ro = np.argsort(recs[field], kind="stable")
+    po = np.argsort(pages[field], kind="stable")
+    rs, pg = recs[ro], pages[po]
+    groups = np.unique(rs[field])
+    if pg.size:
+        # the groups' own sub-traces, one after the other: a reuse interval then never spans another
+        # group's accesses. Keys are made group-private (a page read by two pids is two keys).
+        gk = keys[po]
         if by == "pid":
             _, krank = np.unique(gk, return_inverse=True)
-            _, grank = np.unique(gp[order], return_inverse=True)
+            _, grank = np.unique(pg[field], return_inverse=True)
             gk = grank.astype(np.int64) * (int(krank.max()) + 1) + krank
-        d_sorted = stack_distances(gk)
-        dist = np.empty_like(d_sorted)
-        dist[order] = d_sorted
+        dist = stack_distances(gk)
     else:
         dist = np.zeros(0, np.int64)
+    rb = np.searchsorted(rs[field], groups, side="left").tolist() + [rs.size]
+    pb = np.searchsorted(pg[field], groups, side="left").tolist() + [pg.size]
     out = []
-    for g in groups.tolist():
-        st = _stats(recs[gr == g], pages[gp == g], dist[gp == g], ps)
+    for i, g in enumerate(groups.tolist()):
+        st = _stats(rs[rb[i]:rb[i + 1]], pg[pb[i]:pb[i + 1]], dist[pb[i]:pb[i + 1]], ps)
         if by == "pid":
             st = {"pid": int(g), "label": "kernel" if g == 0 else f"pid {g}", **st}
         else:
@@ -468,8 +470,8 @@ def analyze(trace: Trace, ops=DEFAULT_OPS, page_size: int | None = None, taus_s=
             "mean_pages": [float(x.mean()) if x.size else 0.0 for x in w],
             "max_pages": [int(x.max()) if x.size else 0 for x in w],
         },
-        "by_pid": _breakdown(trace, recs, pages, keys, "pid"),
-        "by_file": _breakdown(trace, recs, pages, keys, "file"),
+        "by_pid": _breakdown(trace, recs, pages, keys, "pid", ps),
+        "by_file": _breakdown(trace, recs, pages, keys, "file", ps),
     }
     return rep
 

@@ -340,3 +340,21 @@ def test_real_direct_mount_sequential_fraction_and_footprint(tmp_path):
     assert me["sequential_fraction"] == pytest.approx((n - 2) / n)
     # each re-read page saw every other page of the file since its first read
     assert me["reuses"] == (256 << 10) // ps and me["median_reuse_distance"] == (1 << 20) // ps - 1
+
+
+def test_breakdowns_add_up_over_many_files_and_pids(tmp_path):
+    rng = np.random.default_rng(2)
+    reqs = [(1000 + 10 * i, f"/d/f{int(rng.integers(0, 300))}", "read", int(rng.integers(0, 64)) * P,
+             int(rng.integers(1, 4)) * P, int(rng.integers(1, 6))) for i in range(3000)]
+    tr = load(write_trace(tmp_path / "t.vtrace", reqs))
+    for ps in (P, 4 * P):
+        r = analyze(tr, page_size=ps)
+        assert len(r["by_file"]) == len({q[1] for q in reqs}) and len(r["by_pid"]) == 5
+        for key in ("by_file", "by_pid"):
+            assert sum(g["requests"] for g in r[key]) == r["requests"] == 3000
+            assert sum(g["page_accesses"] for g in r[key]) == r["page_accesses"]
+            assert sum(g["bytes"] for g in r[key]) == r["bytes"]
+        # keys carry the file: per-file footprints partition the footprint, and so do the runs
+        assert sum(g["footprint_pages"] for g in r["by_file"]) == r["footprint_pages"]
+        assert sum(g["runs"] for g in r["by_file"]) == r["run_length"]["runs"]
+        assert sum(g["footprint_pages"] for g in r["by_pid"]) >= r["footprint_pages"]
