@@ -39,6 +39,7 @@ def plot_locality(rep: dict, trace, path: str, ops=None, page_size: int | None =
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ops = tuple(ops or rep["ops"])
     ps = int(page_size or rep["page_size"])
@@ -116,6 +117,10 @@ def plot_locality(rep: dict, trace, path: str, ops=None, page_size: int | None =
         ax.set_xticks(ticks)
         ax.set_xticklabels(labs, rotation=60, ha="right", fontsize=7)
         ax.set_yscale("log")
+        ax.set_ylim(bottom=0.8)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else ""))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("Seek distance per file (green: sequential, blue: forward, red: backward)")
     ax.set_xlabel("seek distance [pages, signed; bar = magnitudes from the label up to 2x]")
     ax.set_ylabel("requests [count, log]")
