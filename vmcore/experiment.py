@@ -550,7 +550,7 @@ def plot(report: dict, path: str) -> None:
             ax.grid(axis="y", alpha=0.3)
     cfg = report["config"]
     fig.suptitle(f"Cold vs profile-seeded launches (latency {cfg['latency']}, size {cfg['size']}, "
-                 f"{cfg['runs']} runs each; bars: median, whiskers: min-max, dots: runs)", fontsize=11)
+                 f"{cfg['runs']} run(s) each; bars: median, whiskers: min-max, dots: runs)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,167 @@
+"""Invariant guarded: `vmcore experiment seeding` runs end to end on real mounts (issue 6 item 4).
+
+At `--size small --runs 1` every workload (sqlite, pyimport, and the model-side replays) gets one
+cold and one seeded run with the contract's JSON keys (wall_s, major_faults, requests, bytes_read;
+seeded: prefetch used / wasted / late), the summary holds medians and cold/seeded ratios, the PNG
+is written, and nothing is left mounted or in the temp dir. The pyimport workload's imports really
+come from the mount (its driver fails loudly otherwise; the trace shows its .pyc and .so reads).
+Ctrl-C tears down; bad input is one line and exit 2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vmcore.experiment import summarize_runs
+from vmcore.experiment_workloads import build_pyimport, child_env
+from vnodefs import trace as vtrace
+
+pytestmark = pytest.mark.fuse
+WORKLOADS = ("sqlite", "pyimport", "model-sqlite", "model-pyimport")
+
+
+def vnodefs_mounts_under(path):
+    with open("/proc/mounts") as fh:
+        return [ln for ln in fh if str(path) in ln]
+
+
+def run_vmcore(args, tmpdir, timeout=150):
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    return subprocess.run([sys.executable, "-m", "vmcore", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path):
+    d = tmp_path / "tmp"
+    d.mkdir()
+    yield d
+    assert not vnodefs_mounts_under(tmp_path)
+
+
+def test_small_end_to_end(tmp_path, tmpdir_env):
+    out_json, out_png = tmp_path / "exp.json", tmp_path / "exp.png"
+    work = tmp_path / "work"
+    r = run_vmcore(["experiment", "seeding", "--size", "small", "--runs", "1", "--json", str(out_json),
+                    "--plot", str(out_png), "--work", str(work), "--keep"], tmpdir_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # nothing left mounted, nothing in the temp dir (mount points lived under the work dir)
+    assert not vnodefs_mounts_under(tmp_path)
+    assert os.listdir(tmpdir_env) == []
+    rep = json.loads(out_json.read_text())
+    assert set(rep["workloads"]) == set(WORKLOADS)
+    for name in WORKLOADS:
+        w = rep["workloads"][name]
+        assert len(w["cold"]) == 1 and len(w["seeded"]) == 1, name
+        for run in w["cold"] + w["seeded"]:
+            for key in ("wall_s", "major_faults", "requests", "bytes_read"):
+                assert isinstance(run[key], (int, float)) and run[key] >= 0, (name, key)
+            assert run["wall_s"] > 0
+        pf = w["seeded"][0]["prefetch"]
+        for key in ("used", "wasted", "late"):
+            assert isinstance(pf[key], int) and pf[key] >= 0, (name, key)
+        assert pf["used"] > 0, name  # the profile recorded by the cold run was used
+        s = rep["summary"][name]
+        assert s["cold"]["wall_s"] == w["cold"][0]["wall_s"]
+        assert set(s["ratios"]) >= {"wall_s", "major_faults", "requests", "bytes_read"}
+        assert s["ratios"]["wall_s"] == pytest.approx(w["cold"][0]["wall_s"] / w["seeded"][0]["wall_s"])
+    # the model replays page for page what the real cold run read, and eager seeding removes
+    # every hard fault of the replay
+    for name in ("model-sqlite", "model-pyimport"):
+        w = rep["workloads"][name]
+        assert w["cold"][0]["major_faults"] > 0
+        assert w["seeded"][0]["major_faults"] == 0
+        assert w["seeded"][0]["prefetch"]["late"] == 0
+    assert "sqlite" in r.stdout and "cold / seeded" in r.stdout
+    png = out_png.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000
+    # the pyimport cold run's trace: the command's process read .pyc and extension modules
+    # through the mount (its driver also checked every module's __file__, or it would exit 4)
+    run = rep["workloads"]["pyimport"]["cold"][0]
+    tr = vtrace.load(run["trace"])
+    reads = tr.records[tr.op_mask("read")]
+    paths = {tr.files[int(f)] for f in set(reads["file"].tolist())}
+    assert any(p.startswith("lib/") and p.endswith(".pyc") for p in paths)
+    assert any(p.startswith("lib/") and p.endswith(".so") for p in paths)
+    assert "bin/pyimport_app.py" in paths
+    sq = {tr2 for tr2 in vtrace.load(rep["workloads"]["sqlite"]["cold"][0]["trace"]).files.values()}
+    assert "sqlite/app.db" in sq
+
+
+def test_pyimport_driver_fails_loudly_off_the_mount(tmp_path):
+    src = tmp_path / "src"
+    build_pyimport(str(src), "small", 1)
+    driver = str(src / "bin" / "pyimport_app.py")
+    ok = subprocess.run([sys.executable, "-S", "-B", driver, str(src)], capture_output=True, text=True,
+                        env=child_env())
+    assert ok.returncode == 0, ok.stderr
+    assert "imports ok" in ok.stdout
+    # a library dir that is not there: the same imports come from the host stdlib -> exit 4
+    empty = tmp_path / "elsewhere"
+    (empty / "lib").mkdir(parents=True)
+    bad = subprocess.run([sys.executable, "-S", "-B", driver, str(empty)], capture_output=True, text=True,
+                         env=child_env())
+    assert bad.returncode == 4
+    assert "NOT imported from the mount" in bad.stderr
+    assert not list(src.rglob("*.pyc.*"))  # -B: nothing written beside the sources
+
+
+def test_ctrl_c_tears_down(tmp_path, tmpdir_env):
+    env = dict(os.environ, TMPDIR=str(tmpdir_env))
+    p = subprocess.Popen([sys.executable, "-m", "vmcore", "experiment", "seeding", "--size", "small",
+                          "--workload", "sqlite", "--runs", "2"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        seen = ""
+        while time.monotonic() < deadline:  # wait until a run is under way (a mount exists)
+            line = p.stderr.readline()
+            seen += line
+            if "built sqlite" in line or not line:
+                break
+        time.sleep(1.5)
+        os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert "built sqlite" in seen
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    assert not vnodefs_mounts_under(tmpdir_env)
+    assert os.listdir(tmpdir_env) == []  # the work dir (a temp dir) is gone too
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--workload", "nosuch"], "unknown workload 'nosuch'"),
+    (["--runs", "0"], "--runs 0"),
+    (["--latency", "floppy"], "unknown latency preset 'floppy'"),
+    (["--size", "huge"], "unknown size 'huge'"),
+    (["--prefetch", "psychic"], "unknown prefetch strategy"),
+])
+def test_bad_input(tmp_path, tmpdir_env, args, says):
+    r = run_vmcore(["experiment", "seeding", *args], tmpdir_env, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], r.stderr
+    assert r.stdout == ""
+    assert os.listdir(tmpdir_env) == []
+
+
+def test_summary_ratios():
+    runs = {"w": {"cold": [{"wall_s": 4.0, "major_faults": 10, "requests": 9, "bytes_read": 100},
+                           {"wall_s": 6.0, "major_faults": 30, "requests": 3, "bytes_read": 100},
+                           {"wall_s": 5.0, "major_faults": 20, "requests": 6, "bytes_read": 100}],
+                  "seeded": [{"wall_s": 1.0, "major_faults": 0, "requests": 3, "bytes_read": 50,
+                              "prefetch": {"used": 5, "wasted": 1, "late": 0}}]}}
+    s = summarize_runs(runs)["w"]
+    assert s["cold"]["wall_s"] == 5.0 and s["cold"]["min"]["wall_s"] == 4.0 and s["cold"]["max"]["wall_s"] == 6.0
+    assert s["ratios"]["wall_s"] == 5.0 and s["ratios"]["requests"] == 2.0
+    assert s["ratios"]["major_faults"] == float("inf")
+    assert s["major_faults_reduction"] == 1.0
+    assert s["seeded"]["prefetch"] == {"used": 5, "wasted": 1, "late": 0}
