@@ -429,7 +429,7 @@ class VnodeFUSE(mfusepy.FUSE):
                 flags = FLAG_SEEK
             heads[fid] = offset + length
             if self._lat_active:
-                delay = self.latency.delay_ns(flags, length)
+                delay = self.latency.wait_ns(flags, length)
                 _sleep(delay / 1e9)
             try:
                 result = (_read_into if op == _READ else _write_from)(fd, args[1], length, offset)

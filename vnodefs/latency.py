@@ -14,8 +14,15 @@ and docs/vnodefs-trace-format.md):
     hdd    8 ms per seek, 120 MB/s    (a 7200 rpm disk: ~4 ms seek + ~4 ms half a rotation)
     SEEK_US:MBPS  custom (e.g. 2000:200), MB = 10**6 bytes
 
+One device per mount: requests are served one at a time, as one disk serves them. `queue(service)`
+puts a request's modelled service time behind the work already queued on the device and returns
+how long its requester waits (queueing + service); that wait is what the dispatcher sleeps and
+records as `delay_ns`. Without the queue, 16 FUSE worker threads (or the kernel's async readahead,
+or a prefetcher running beside the program) would sleep 16 seeks at once, like 16 disks.
+
 Invariants: delays are >= 0 integers of ns; the per-file head position is updated even when the
-model is `none` (cheap), so the `FLAG_SEEK` bit in the trace means the same thing in every mode.
+model is `none` (cheap), so the `FLAG_SEEK` bit in the trace means the same thing in every mode;
+the device's busy-until time only moves forward.
 Caveats: the head position is per file, not per device (files are assumed laid out apart), and
 concurrent requests on one file race for it like real requests race for a disk head; updates are
 single dict stores (atomic under the GIL), no lock.
@@ -23,6 +30,8 @@ single dict stores (atomic under the GIL), no lock.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 #: name -> (seek_us, MB/s); "none" has no delay
@@ -81,14 +90,30 @@ class LatencyModel:
         #: file id -> end of the previous read/write on it (the "head"); the FUSE dispatcher
         #: updates it inline, exactly as charge() does
         self.heads: dict[int, int] = {}
+        self._device = threading.Lock()
+        self._busy_until = 0  # CLOCK_MONOTONIC ns at which the device finishes its queued work
 
     def charge(self, file: int, offset: int, length: int) -> tuple[int, bool]:
-        """(delay_ns, seeked) for a request, and move the file's head to its end."""
+        """(service_ns, seeked) for a request, and move the file's head to its end. The requester's
+        wait is `queue(service_ns)` (the dispatcher inlines both)."""
         seeked = self.heads.get(file) != offset
         self.heads[file] = offset + length
         if not self.active:
             return 0, seeked
         return self.delay_ns(seeked, length), seeked
+
+    def queue(self, service_ns: int) -> int:
+        """Queue `service_ns` of device time behind the requests already on the device; returns the
+        ns from now until this request completes (its wait: queueing + service)."""
+        now = time.monotonic_ns()
+        with self._device:
+            end = (self._busy_until if self._busy_until > now else now) + service_ns
+            self._busy_until = end
+        return end - now
+
+    def wait_ns(self, seeked: bool, length: int) -> int:
+        """delay_ns() of a request, queued on the device: what its requester sleeps."""
+        return self.queue(self.delay_ns(seeked, length))
 
     def delay_ns(self, seeked: bool, length: int) -> int:
         """The modelled time of a request of `length` bytes that did / did not seek."""

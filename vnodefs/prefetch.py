@@ -265,7 +265,7 @@ class PrefetchCache:
                 t0 = mono()
                 seek = heads.get(e.fid) != e.offset
                 heads[e.fid] = e.offset + e.length
-                delay = self.latency.delay_ns(seek, e.length) if self.latency.active else 0
+                delay = self.latency.wait_ns(seek, e.length) if self.latency.active else 0
                 if delay:
                     time.sleep(delay / 1e9)
                 try:
@@ -336,7 +336,7 @@ class PrefetchCache:
             nbytes = min(len(missing) * ps, mlen)
             seek = lat.heads.get(fid) != moff
             lat.heads[fid] = moff + mlen
-            delay = lat.delay_ns(seek, nbytes)
+            delay = lat.wait_ns(seek, nbytes)
             time.sleep(delay / 1e9)
         got = os.preadv(fd, [view], offset)
         while 0 < got < size:

@@ -88,16 +88,29 @@ def test_run_reports_major_faults_of_the_command_tree(tmp_path, vcli):
     assert s["major_faults"] >= 32, s["major_faults"]
 
 
+def _private_tmpdir(tmp_path):
+    """A TMPDIR of this test's own, so `vnodefs run`'s temporary mount points land where only this
+    test looks (other programs may mount vnodefs under /tmp at the same time)."""
+    d = tmp_path / "tmpdir"
+    d.mkdir(exist_ok=True)
+    return d
+
+
 def test_run_signal_and_missing_command(tmp_path, vcli):
     src = tmp_path / "src"
     src.mkdir()
-    rc, out, err = vcli("run", src, "--no-trace", "--", sys.executable, "-c", "import os; os.kill(os.getpid(), 9)")
+    tmpdir = _private_tmpdir(tmp_path)
+    env = {"TMPDIR": str(tmpdir)}
+    rc, out, err = vcli("run", src, "--no-trace", "--", sys.executable, "-c", "import os; os.kill(os.getpid(), 9)",
+                        env=env)
     assert rc == 128 + 9, err
-    rc, out, err = vcli("run", src, "--trace", tmp_path / "x.vtrace", "--", "no-such-command-xyz", cwd=tmp_path)
+    rc, out, err = vcli("run", src, "--trace", tmp_path / "x.vtrace", "--", "no-such-command-xyz", cwd=tmp_path,
+                        env=env)
     assert rc == 127
     assert "no-such-command-xyz" in _one_line(err)
     assert not (tmp_path / "x.vtrace").exists()
-    assert not _no_vnodefs_mounts_under("/tmp")
+    assert not _no_vnodefs_mounts_under(tmpdir)
+    assert list(tmpdir.iterdir()) == [], "vnodefs run left its temporary mount point behind"
 
 
 def _bad_input_cases(tmp_path):
@@ -168,10 +181,13 @@ def test_bad_input_one_line_nonzero_nothing_mounted(tmp_path, vcli, case):
     # the same input through `run` fails the same way
     if case not in ("mnt-missing", "mnt-not-empty", "mnt-not-dir"):
         extra = args[3:] if "trace" in case else [*args[3:], "--no-trace"]
+        tmpdir = _private_tmpdir(tmp_path)
+        env["TMPDIR"] = str(tmpdir)
         rc, out, err = vcli("run", args[1], *extra, "--", sys.executable, "-c", "pass", env=env, cwd=tmp_path)
         assert rc != 0 and rc != 127
         assert expect in _one_line(err)
-        assert not _no_vnodefs_mounts_under("/tmp")
+        assert not _no_vnodefs_mounts_under(tmpdir)
+        assert list(tmpdir.iterdir()) == [], "vnodefs run left its temporary mount point behind"
 
 
 def test_mount_on_a_mount_point_that_is_already_mounted(vmount, vcli, tmp_path):

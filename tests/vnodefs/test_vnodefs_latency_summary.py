@@ -78,3 +78,20 @@ def test_summary_known_answers(tmp_path):
     text = format_summary(s, title="t")
     assert "kernel" in text and "42.9%" in text
     assert len(text.splitlines()) <= 24
+
+
+def test_device_serves_one_request_at_a_time():
+    """Two requests queued back to back: the second waits for the first (one disk, one head)."""
+    m = LatencyModel(parse_latency("100000:100"))  # 100 ms seek
+    first = m.wait_ns(True, 0)
+    second = m.wait_ns(True, 0)
+    assert first == pytest.approx(100_000_000, abs=2_000_000)
+    assert second == pytest.approx(200_000_000, abs=2_000_000)
+
+
+def test_idle_device_charges_service_time_only():
+    m = LatencyModel(parse_latency("1000:100"))
+    assert m.wait_ns(True, 1000) == 1_000_000 + 10_000
+    import time
+    time.sleep(0.01)  # the device is idle again
+    assert m.wait_ns(False, 1000) == 10_000

@@ -315,3 +315,32 @@ def test_page_mode_sequential_reads_arrive_in_large_requests(vmount):
     assert r["result"].sum() == 8 << 20
     if tr.header["readahead_kb"] == 1024:
         assert np.max(r["length"]) == 1 << 20
+
+
+def test_concurrent_requesters_queue_on_one_device(vmount):
+    """Two processes reading two files at once under a 200 ms seek: one disk serves them one after
+    the other, so the pair takes two seeks, and the trace records the queueing in delay_ns."""
+    m = vmount(cache="direct", latency="200000:1000")
+    _fill(os.path.join(m.src, "a"), 8192, 1)
+    _fill(os.path.join(m.src, "b"), 8192, 2)
+    t0 = time.monotonic()
+    pids = []
+    for name in ("a", "b"):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fd = os.open(os.path.join(m.mountpoint, name), os.O_RDONLY)
+                os.pread(fd, 4096, 0)
+                os.close(fd)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    elapsed = time.monotonic() - t0
+    assert elapsed >= 0.39, f"two seeks on one device took {elapsed:.3f} s"
+    m.umount()
+    r = load(m.trace_path).records
+    r = r[r["op"] == OPS["read"]]
+    assert len(r) == 2
+    assert sorted(int(d) // 100_000_000 for d in r["delay_ns"]) == [2, 3]  # 200 ms, then ~400 ms
