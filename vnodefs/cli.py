@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "pid 0 is the kernel.")
         t.add_argument("trace", metavar="TRACE")
         t.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    from vnodefs.export import add_export_parser
+    from vnodefs.locality import add_locality_parser
+
+    add_locality_parser(sub)
+    add_export_parser(sub)
     return p
 
 
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, command)
         if args.cmd in ("trace", "summary"):
             return cmd_trace(args)
+        if args.cmd in ("locality", "export"):
+            return args.func(args)
         if args.cmd == "demo":
             return cmd_demo(args)
     except KeyboardInterrupt:

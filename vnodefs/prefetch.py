@@ -29,9 +29,8 @@ Trace additions (docs/vnodefs-trace-format.md, compatible with version-1 readers
 prefetch read by the daemon; read flag bits 1 (served entirely from the prefetch cache),
 2 (waited for an in-flight prefetch extent), 3 (partly served from the prefetch cache).
 
-Caveats: the latency model has no device queue, so the prefetch thread and the command's own
-reads proceed in parallel, each at the model's full speed (a real single disk would serialise
-them). The cache trusts that the host files do not change under it except through the mount.
+Caveats: the prefetch thread and the command's own reads share the mount's one modelled device
+(vnodefs.latency queues them), as they would share one disk. The cache trusts that the host files do not change under it except through the mount.
 """
 
 from __future__ import annotations
@@ -42,8 +41,10 @@ import os
 import threading
 import time
 
-#: trace op code of a prefetch read made by the daemon (trace.OPS has no name for it yet)
-OP_PREFETCH = 10
+from vnodefs.trace import OPS
+
+#: trace op code of a prefetch read made by the daemon
+OP_PREFETCH = OPS["prefetch"]
 #: read flag bits (bit 0 is trace.FLAG_SEEK)
 FLAG_PF_HIT = 2
 FLAG_PF_WAIT = 4

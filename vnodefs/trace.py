@@ -61,6 +61,7 @@ OPS: dict[str, int] = {
     "create": 7,
     "flush": 8,
     "fallocate": 9,
+    "prefetch": 10,  # one extent read by the daemon's prefetcher (vnodefs.prefetch)
 }
 #: code -> name
 OP_NAMES: dict[int, str] = {v: k for k, v in OPS.items()}

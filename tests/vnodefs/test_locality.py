@@ -358,3 +358,20 @@ def test_breakdowns_add_up_over_many_files_and_pids(tmp_path):
         assert sum(g["footprint_pages"] for g in r["by_file"]) == r["footprint_pages"]
         assert sum(g["runs"] for g in r["by_file"]) == r["run_length"]["runs"]
         assert sum(g["footprint_pages"] for g in r["by_pid"]) >= r["footprint_pages"]
+
+
+def test_vnodefs_command_runs_locality_and_export(tmp_path):
+    """`vnodefs locality` and `vnodefs export` are subcommands of the vnodefs console command."""
+    path = tmp_path / "loop.vtrace"
+    write_trace(path, reads([0, 1, 2, 3] * 5))
+    cmd = [sys.executable, "-m", "vnodefs"]
+    p = subprocess.run([*cmd, "locality", str(path), "--json"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["footprint_pages"] == 4 and rep["requests"] == 20
+    assert rep["mrc"]["cache_pages"] == [0, 4] and rep["mrc"]["misses"] == [20, 4]
+    out = tmp_path / "loop.csv"
+    p = subprocess.run([*cmd, "export", str(path), "--format", "csv", "-o", str(out)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert len(out.read_text().strip().splitlines()) == 1 + 20
