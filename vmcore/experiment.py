@@ -273,6 +273,9 @@ class SeedingExperiment:
             raise ExperimentError(f"{tag}: the workload exited {res.get('exit_status', rc)}; its log:\n{_tail(log)}")
         for k in RUN_KEYS:
             res.setdefault(k, 0)
+        pf = res.get("prefetch")
+        if isinstance(pf, dict) and isinstance(pf.get("landed_by_file"), dict):
+            pf["landed_files"] = len(pf.pop("landed_by_file"))  # keep the JSON small
         res["mode"] = mode
         res["run"] = i
         res["recorded_profile"] = bool(record)
@@ -415,7 +418,7 @@ class SeedingExperiment:
         s = (f"{name} {mode} {i}/{n}: {r['wall_s']:.2f} s, {r['major_faults']} major faults, "
              f"{r['requests']} requests, {r['bytes_read'] / (1 << 20):.1f} MiB")
         pf = r.get("prefetch")
-        if pf:
+        if pf and mode == "seeded":
             s += f", prefetch used {pf.get('used')} wasted {pf.get('wasted')} late {pf.get('late')}"
         return s
 
@@ -510,6 +513,8 @@ def format_table(report: dict) -> str:
         out.append(f"  {name:<15s} wall {_x(r['wall_s'])}, requests {_x(r['requests'])}, "
                    f"bytes {_x(r['bytes_read'])}, major faults {_x(r['major_faults'])}"
                    + (f" ({red * 100:.0f}% fewer)" if red is not None else ""))
+    out.append("(real runs: requests and major faults are the command's own; the prefetcher's reads "
+               "are in each run's prefetch.requests. model runs: hard faults and all page-in reads)")
     for n in report.get("notes", []):
         out.append(f"note: {n}")
     return "\n".join(out)
@@ -529,7 +534,8 @@ def plot(report: dict, path: str) -> None:
     colors = {"cold": "#4878a8", "seeded": "#e08030"}
     for j, name in enumerate(names):
         for row, (key, label) in enumerate((("wall_s", "wall time (s)"),
-                                            ("requests", "read requests reaching vnodefs"))):
+                                            ("requests", "read requests reaching vnodefs\n"
+                                                          "(real: the command's; model: all)"))):
             ax = axes[row][j]
             for x, mode in enumerate(("cold", "seeded")):
                 vals = [r.get(key, 0) for r in res[name].get(mode, [])]
@@ -539,11 +545,11 @@ def plot(report: dict, path: str) -> None:
                 ax.bar(x, med, color=colors[mode], width=0.6,
                        yerr=[[med - min(vals)], [max(vals) - med]], capsize=4, label=mode)
                 ax.scatter([x] * len(vals), vals, color="black", s=10, zorder=3)
-                ax.annotate(f"{med:.2f}" if key == "wall_s" else f"{med:.0f}", (x, med),
-                            textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+                ax.annotate(f"{med:.2f} s" if key == "wall_s" else f"{med:.0f}", (x, max(vals)),
+                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
             ax.set_xticks([0, 1], ["cold", "seeded"])
             ax.set_ylabel(label)
-            ax.set_ylim(bottom=0)
+            ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.12)
             s = report["summary"][name]["ratios"][key]
             ax.set_title(f"{name}: {'wall time' if key == 'wall_s' else 'requests'}"
                          + (f"\ncold/seeded {_x(s)}" if s is not None else ""), fontsize=10)
