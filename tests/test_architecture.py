@@ -72,3 +72,11 @@ def test_module_boundaries(name, path):
                 assert mod in VMCORE_PUBLIC, f"{name} reaches into vmcore internals: {imp}"
         if pkg == "swapd":
             assert top not in BACKING, f"{name} imports FUSE ({imp}); swapd needs no FUSE"
+
+
+def test_test_module_basenames_are_unique():
+    """pytest's default (prepend) import mode imports test modules by basename: two test files with
+    one name in different folders stop collection with 'import file mismatch'."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    assert not dups, f"test module basenames used twice: {dups}"
