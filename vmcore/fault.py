@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from vmcore.errors import InvalidAddress, PagerIOError, ProtectionFailure
 from vmcore.pager import PagerKind, PagerResult
-from vmcore.resident import INACTIVE
+from vmcore.resident import ACTIVE, INACTIVE
 from vmcore.types import (
     TWS_MAX_CLUSTER_BYTES, VM_DEFAULT_BEHIND, VM_PROT_READ, VM_PROT_WRITE, Behavior, FaultEvent,
     FaultKind, prot_str,
@@ -83,10 +83,22 @@ def resolve_entry(task, addr: int, write: bool):
     return e, oe, slot, eslot, prot
 
 
-def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
-    """Resolve a fault at addr; return the frame now mapped there."""
-    e = task.map.lookup(addr)
+def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
+    """Resolve a fault at addr; return the frame now mapped there. `e`: the map entry holding
+    addr when the caller has just looked it up (saves a second lookup), else None."""
+    if e is None:
+        e = task.map.lookup(addr)
     if e is not None and not e.is_submap:  # the common case, inline
+        if e.protection & (VM_PROT_WRITE if write else VM_PROT_READ) \
+                and not (write and e.needs_copy):
+            top = e.object
+            if top.shadow is None and not top.error_pages:
+                shift = k.page_shift
+                slot = (addr - e.start) >> shift
+                pidx = (e.offset >> shift) + slot
+                if pidx not in top.pages and (top.pager is None or (
+                        top.internal and pidx not in top.existence)):
+                    return _zero_fill_fast(k, task, e, top, slot, pidx, addr, write)
         oe = e
         slot = eslot = (addr - e.start) >> k.page_shift
         prot = e.protection
@@ -157,7 +169,7 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
         if pm.special[f] and pm.clustered[f]:
             pm.clustered[f] = False
             stats.pageins += 1
-        if f in pm.inactive:
+        if pm.q_mv[f] == INACTIVE:
             pm.activate(f)
             stats.reactivations += 1
         if k.policy is not None and k.tracked[f]:
@@ -170,8 +182,8 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
     else:
         kind_out = kind
     if write:
-        pm.dirty[f] = True
-    pm.referenced[f] = True
+        pm.dirty_mv[f] = True
+    pm.ref_mv[f] = True
     writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and top.copy is None
     k.pmap_enter(pe, pslot, f, writable)
     sink = k._sink
@@ -183,6 +195,71 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool) -> int:
         sink(FaultEvent(task, obj.id, p << shift, kind_out, addr & ~(k.page_size - 1), write,
                         base.id, boff << shift))
     if k.policy is None:
+        _deactivate_behind(k, e, slot)
+    return f
+
+
+def _zero_fill_fast(k: "Kernel", task, e, top, slot: int, pidx: int, addr: int, write: bool) -> int:
+    """vm_fault's most common case, straight through: a fault on a plain (not submap) entry
+    allowing the access (no copy to resolve), whose object has no shadow, no error pages, and no
+    pager that could hold the page (none yet, or an anonymous one whose existence map is empty),
+    and does not hold the page: a zero fill in that object. Exactly what the general path does
+    for it (same counters, same order of clock ticks, same queue, policy and pmap updates), with
+    the calls inlined and no chain walk. The caller checked every condition above."""
+    stats = k.stats
+    stats.faults += 1
+    if k._owns_clock:
+        k.clock._now += FAULT_TICK_S
+    pm = k.pm
+    pol = k.policy
+    if pol is None:
+        f = k.page_grab()
+    else:
+        free = pm.free
+        if not free:
+            k.pageout_daemon.evict_one()
+        f = free.pop()
+    pm.views[f][:] = pm.zero_page
+    # page_insert
+    top.pages[pidx] = f
+    pm.owner[f] = top
+    pm.objid_mv[f] = top.id
+    pm.pidx_mv[f] = pidx
+    pm.active[f] = None
+    pm.q_mv[f] = ACTIVE
+    if pol is not None:  # policy_insert
+        tracked = k.tracked
+        if not tracked[f] and not pm.wc_mv[f]:
+            tracked[f] = True
+            k.ntracked += 1
+            pol.inserted(f)
+    stats.zero_fill += 1
+    if write:
+        pm.dirty_mv[f] = True
+    pm.ref_mv[f] = True
+    writable = bool(e.protection & VM_PROT_WRITE) and not e.needs_copy and top.copy is None
+    # pmap_enter
+    pmv = e.pmv
+    old = pmv[slot]
+    if old == f:
+        e.pwv[slot] = writable
+    else:
+        if old >= 0:
+            k.pv_remove(old, e, slot)
+        pmv[slot] = f
+        e.pwv[slot] = writable
+        pv = pm.pv
+        lst = pv[f]
+        if lst is None:
+            pv[f] = [(e, slot)]
+        else:
+            lst.append((e, slot))
+    sink = k._sink
+    if sink is not None:
+        off = pidx << k.page_shift
+        sink(FaultEvent(task, top.id, off, FaultKind.ZERO_FILL, addr & ~(k.page_size - 1), write,
+                        top.id, off))
+    if pol is None:
         _deactivate_behind(k, e, slot)
     return f
 
@@ -402,10 +479,12 @@ def _deactivate_behind(k: "Kernel", e, slot: int) -> None:
                 target = slot + VM_DEFAULT_BEHIND
         else:
             e.run = 0
-    if 0 <= target < len(e.pmap):
-        f = int(e.pmap[target])
-        if f >= 0 and k.pm.wire_count[f] == 0 and not k.pm.busy[f] and k.pm.queue[f] != INACTIVE:
-            k.pm.deactivate(f)
+    pmv = e.pmv
+    if 0 <= target < len(pmv):
+        f = pmv[target]
+        pm = k.pm
+        if f >= 0 and pm.wc_mv[f] == 0 and not pm.busy_mv[f] and pm.q_mv[f] != INACTIVE:
+            pm.deactivate(f)
             k.stats.deactivate_behind += 1
 
 

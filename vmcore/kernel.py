@@ -137,6 +137,11 @@ class Kernel:
         self.wired_acct = None  # vmcore.wired.WiredAccounting when wired_accounting=True
         self.upls: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
+        from vmcore.policy import ClockPolicy, FIFOPolicy, LRUPolicy
+
+        #: policy_hit's reusable one-frame batch (the reference policies never keep the array)
+        self._one = (np.empty(1, dtype=np.int32)
+                     if type(self.policy) in (LRUPolicy, FIFOPolicy, ClockPolicy) else None)
         self.ntracked = 0
         self.pmap_epoch = 0
         self.nwired = 0
@@ -208,10 +213,10 @@ class Kernel:
         pm = self.pm
         obj.pages[pidx] = f
         pm.owner[f] = obj
-        pm.obj_id[f] = obj.id
-        pm.pidx[f] = pidx
+        pm.objid_mv[f] = obj.id
+        pm.pidx_mv[f] = pidx
         pm.active[f] = None
-        pm.queue[f] = ACTIVE
+        pm.q_mv[f] = ACTIVE
 
     def page_free(self, f: int, force: bool = False) -> None:
         """vm_page_free: disconnect f from every pmap, remove it from its object, free it."""
@@ -220,26 +225,32 @@ class Kernel:
             self.pmap_disconnect(f)
         obj = pm.owner[f]
         if obj is not None:
-            p = int(pm.pidx[f])
-            if obj.pages.get(p) == f:
-                del obj.pages[p]
+            p = pm.pidx_mv[f]
+            pages = obj.pages
+            if pages.get(p) == f:
+                del pages[p]
         if self.tracked[f]:
             self.tracked[f] = False
             self.ntracked -= 1
             self.policy.removed(f)
-        if pm.wire_count[f]:
+        if pm.wc_mv[f]:
             self.nwired -= 1
         pm.release(f)
 
     # ---- policy hooks -----------------------------------------------------------------------------
     def policy_insert(self, f: int) -> None:
-        if not self.tracked[f] and not self.pm.wire_count[f]:
+        if not self.tracked[f] and not self.pm.wc_mv[f]:
             self.tracked[f] = True
             self.ntracked += 1
             self.policy.inserted(f)
 
     def policy_hit(self, f: int) -> None:
-        self.policy.referenced(np.array([f], dtype=np.int32))
+        one = self._one
+        if one is None:  # a policy object of unknown make gets a fresh array (it may keep it)
+            self.policy.referenced(np.array([f], dtype=np.int32))
+        else:  # the reference policies use the batch at once: reuse one array
+            one[0] = f
+            self.policy.referenced(one)
 
     def frame_wire(self, f: int) -> None:
         pm = self.pm
@@ -261,14 +272,15 @@ class Kernel:
 
     # ---- pmap -------------------------------------------------------------------------------------
     def pmap_enter(self, e, slot: int, f: int, writable: bool) -> None:
-        old = e.pmap[slot]
+        pmv = e.pmv
+        old = pmv[slot]
         if old == f:
-            e.pmw[slot] = writable
+            e.pwv[slot] = writable
             return
         if old >= 0:
-            self.pv_remove(int(old), e, slot)
-        e.pmap[slot] = f
-        e.pmw[slot] = writable
+            self.pv_remove(old, e, slot)
+        pmv[slot] = f
+        e.pwv[slot] = writable
         pv = self.pm.pv
         lst = pv[f]
         if lst is None:
@@ -292,8 +304,8 @@ class Kernel:
         lst = pv[f]
         if lst:
             for e, s in lst:
-                e.pmap[s] = -1
-                e.pmw[s] = False
+                e.pmv[s] = -1
+                e.pwv[s] = False
             pv[f] = None
             self.pmap_epoch += 1
 

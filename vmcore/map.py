@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class VMMapEntry:
     __slots__ = ("map", "start", "end", "object", "offset", "protection", "max_protection",
                  "inheritance", "behavior", "wired_count", "is_submap", "needs_copy", "use_pmap",
-                 "pmap", "pmw", "wired_frames", "last_slot", "run", "tag", "__weakref__")
+                 "_pmap", "_pmw", "pmv", "pwv", "wired_frames", "last_slot", "run", "tag", "__weakref__")
 
     def __init__(self, vmmap: "VMMap", start: int, end: int, obj, offset: int,
                  protection: int = VM_PROT_DEFAULT, max_protection: int = 7,
@@ -70,6 +70,27 @@ class VMMapEntry:
         self.last_slot = -2  # deactivate-behind: last faulting slot and run length
         self.run = 0
         self.tag = tag
+
+    # the translation arrays, and memoryview aliases of them (`pmv`, `pwv`: the same memory, for
+    # the one-slot-at-a-time fault path, a third of the cost of a numpy scalar access); assigning
+    # `pmap` / `pmw` rebinds the alias
+    @property
+    def pmap(self) -> np.ndarray:
+        return self._pmap
+
+    @pmap.setter
+    def pmap(self, a: np.ndarray) -> None:
+        self._pmap = a
+        self.pmv = memoryview(a)
+
+    @property
+    def pmw(self) -> np.ndarray:
+        return self._pmw
+
+    @pmw.setter
+    def pmw(self, a: np.ndarray) -> None:
+        self._pmw = a
+        self.pwv = memoryview(a)
 
     @property
     def npages(self) -> int:
@@ -107,6 +128,7 @@ class VMMap:
         #: first use by nested_pmap(); pv records of nested translations are (this map, slot)
         self.pmap: np.ndarray | None = None
         self.pmw: np.ndarray | None = None
+        self.pmv = self.pwv = None  # memoryview aliases of pmap / pmw (as VMMapEntry's)
         #: a submap whose mappings may never be removed (the shared region: seed 003, "a shared
         #: library cannot be unshared")
         self.permanent = False
@@ -117,6 +139,7 @@ class VMMap:
             n = self.max_address // self.page_size
             self.pmap = np.full(n, -1, dtype=np.int32)
             self.pmw = np.zeros(n, dtype=np.bool_)
+            self.pmv, self.pwv = memoryview(self.pmap), memoryview(self.pmw)
         return self.pmap, self.pmw
 
     def attach(self, entry: "VMMapEntry") -> None:

@@ -87,6 +87,7 @@ class PageoutDaemon:
         self.running = True
         freed = 0
         active, inactive, free = pm.active, pm.inactive, pm.free
+        busy, referenced, dirty, precious = pm.busy_mv, pm.ref_mv, pm.dirty_mv, pm.precious_mv
         examined = 0
         limit = 3 * (len(active) + len(inactive)) + 16
         try:
@@ -103,7 +104,7 @@ class PageoutDaemon:
                         and moved < VM_PAGEOUT_BURST_ACTIVE_THROTTLE:
                     f = next(iter(active))
                     moved += 1
-                    if pm.busy[f]:
+                    if busy[f]:
                         active.move_to_end(f)
                         examined += 1
                         if examined >= limit:
@@ -116,15 +117,15 @@ class PageoutDaemon:
                 # 4. victim from the inactive head
                 f = next(iter(inactive))
                 examined += 1
-                if pm.busy[f]:
+                if busy[f]:
                     inactive.move_to_end(f)
                     continue
-                if pm.referenced[f]:
+                if referenced[f]:
                     pm.activate(f)
                     stats.reactivations += 1
                     continue
                 k.pmap_disconnect(f)
-                if not pm.dirty[f] and not pm.precious[f]:
+                if not dirty[f] and not precious[f]:
                     k.page_free(f)
                     stats.clean_frees += 1
                     freed += 1
@@ -228,17 +229,18 @@ class PageoutDaemon:
         k = self.kernel
         pm = k.pm
         pol = k.policy
+        tracked, owner, special = k.tracked, pm.owner, pm.special
         attempts = k.ntracked + 1
         while attempts > 0 and k.ntracked > 0:
             attempts -= 1
             v = pol.select_victim()
-            k.tracked[v] = False
+            tracked[v] = False
             k.ntracked -= 1
-            if pm.owner[v] is None or (pm.special[v] and (pm.busy[v] or pm.wire_count[v])):
+            if owner[v] is None or (special[v] and (pm.busy_mv[v] or pm.wc_mv[v])):
                 k.policy_insert(v)
                 continue
             k.pmap_disconnect(v)
-            if pm.dirty[v] or (pm.special[v] and pm.precious[v]):
+            if pm.dirty_mv[v] or (special[v] and pm.precious_mv[v]):
                 if self.pageout_cluster(v, single=True) == 0:
                     k.policy_insert(v)
                     continue

@@ -23,6 +23,12 @@ Fictitious frames (device memory, vmcore.device_pager): frame numbers >= nframes
 carry wire_count 1 so no pageout, deactivation or policy ever takes them; `release_fictitious`
 retires them (their numbers are reused). `ntotal` counts RAM + fictitious frame numbers.
 
+Fast scalar access: the hot paths (one fault at a time) read and write single frames' metadata
+through `memoryview`s of the same numpy arrays (`q_mv`, `ref_mv`, `dirty_mv`, `busy_mv`,
+`precious_mv`, `wc_mv`, `objid_mv`, `pidx_mv`): aliases of the very same memory, not copies, so
+there is nothing to keep in sync; a memoryview item is a plain Python int/bool and costs a third of
+a numpy scalar access. `_alias()` rebinds them whenever an array is replaced (add_fictitious).
+
 Caveats: the reference bit is one bit for both the pmap and the vm_page (the model has no separate
 hardware bit); queue moves do not touch pmap state.
 """
@@ -77,6 +83,18 @@ class PhysicalMemory:
         self.wired: dict[int, None] = {}
         self.ntotal = nframes
         self.fict_free: list[int] = []
+        self._alias()
+
+    def _alias(self) -> None:
+        """(Re)bind the memoryview aliases of the per-frame numpy arrays (see the module doc)."""
+        self.q_mv = memoryview(self.queue)
+        self.ref_mv = memoryview(self.referenced)
+        self.dirty_mv = memoryview(self.dirty)
+        self.busy_mv = memoryview(self.busy)
+        self.precious_mv = memoryview(self.precious)
+        self.wc_mv = memoryview(self.wire_count)
+        self.objid_mv = memoryview(self.obj_id)
+        self.pidx_mv = memoryview(self.pidx)
 
     # ---- fictitious frames (device memory) -------------------------------------------------------
     def add_fictitious(self, bufs: list[memoryview]) -> list[int]:
@@ -105,6 +123,7 @@ class PhysicalMemory:
             self.pv.extend([None] * grow)
             self.special.extend([True] * grow)
             self.fict_free.extend(range(base + grow - 1, base - 1, -1))
+            self._alias()
         out = []
         for buf in bufs:
             f = self.fict_free.pop()
@@ -145,33 +164,36 @@ class PhysicalMemory:
 
     # ---- queue moves (vm_page_activate / deactivate / wire / unwire / free) ----------------------
     def _unlink(self, f: int) -> None:
-        if f in self.active:
-            del self.active[f]
-        elif f in self.inactive:
-            del self.inactive[f]
-        elif f in self.wired:
-            del self.wired[f]
-
-    def activate(self, f: int) -> None:
-        """Put f at the tail of the active queue (from wherever it was, except wired)."""
-        if f in self.active:
-            self.active.move_to_end(f)
-            return
-        if f in self.inactive:
-            del self.inactive[f]
-        self.active[f] = None
-        self.queue[f] = ACTIVE
-
-    def deactivate(self, f: int) -> None:
-        """vm_page_deactivate: clear the reference bit, put f at the inactive tail."""
-        q = self.queue[f]
+        q = self.q_mv[f]  # queue[f] names the one queue f is on (invariant)
         if q == ACTIVE:
             del self.active[f]
         elif q == INACTIVE:
             del self.inactive[f]
-        self.referenced[f] = False
+        elif q == WIRED:
+            del self.wired[f]
+
+    def activate(self, f: int) -> None:
+        """Put f at the tail of the active queue (from wherever it was, except wired)."""
+        q = self.q_mv[f]
+        if q == ACTIVE:
+            self.active.move_to_end(f)
+            return
+        if q == INACTIVE:
+            del self.inactive[f]
+        self.active[f] = None
+        self.q_mv[f] = ACTIVE
+
+    def deactivate(self, f: int) -> None:
+        """vm_page_deactivate: clear the reference bit, put f at the inactive tail."""
+        q_mv = self.q_mv
+        q = q_mv[f]
+        if q == ACTIVE:
+            del self.active[f]
+        elif q == INACTIVE:
+            del self.inactive[f]
+        self.ref_mv[f] = False
         self.inactive[f] = None
-        self.queue[f] = INACTIVE
+        q_mv[f] = INACTIVE
 
     def wire(self, f: int) -> None:
         self.special[f] = True
@@ -195,10 +217,17 @@ class PhysicalMemory:
 
     def release(self, f: int) -> None:
         """Return a frame, already detached from its object and pmaps, to the free queue."""
-        self._unlink(f)
-        self.queue[f] = FREE
-        self.referenced[f] = False
-        self.dirty[f] = False
+        q_mv = self.q_mv
+        q = q_mv[f]
+        if q == ACTIVE:
+            del self.active[f]
+        elif q == INACTIVE:
+            del self.inactive[f]
+        elif q == WIRED:
+            del self.wired[f]
+        q_mv[f] = FREE
+        self.ref_mv[f] = False
+        self.dirty_mv[f] = False
         if self.special[f]:  # rarely set: busy / absent / precious / clustered / wired
             self.busy[f] = False
             self.absent[f] = False
@@ -206,7 +235,7 @@ class PhysicalMemory:
             self.clustered[f] = False
             self.wire_count[f] = 0
             self.special[f] = False
-        self.obj_id[f] = -1
+        self.objid_mv[f] = -1
         self.owner[f] = None
         self.free.append(f)
 

@@ -348,18 +348,18 @@ class Task:
         """Translate one address (hit or fault); returns the frame."""
         e = self.map.lookup(addr)
         if e is not None:
-            slot = (addr - e.start) >> self.kernel.page_shift
-            f = int(e.pmap[slot])
-            if f >= 0 and (not write or e.pmw[slot]):
-                k = self.kernel
+            k = self.kernel
+            slot = (addr - e.start) >> k.page_shift
+            f = e.pmv[slot]
+            if f >= 0 and (not write or e.pwv[slot]):
                 pm = k.pm
-                pm.referenced[f] = True
+                pm.ref_mv[f] = True
                 if write:
-                    pm.dirty[f] = True
+                    pm.dirty_mv[f] = True
                 if k.policy is not None and k.tracked[f]:
                     k.policy_hit(f)
                 return f
-        return vm_fault(self.kernel, self, addr, write)
+        return vm_fault(self.kernel, self, addr, write, e)
 
     def read(self, addr, n) -> bytes:
         """Read n bytes at addr (any alignment) through the fault path."""
