@@ -7,9 +7,8 @@ csv reader and LRU must reproduce `vnodefs locality`'s miss-ratio curve."""
 
 from __future__ import annotations
 
-import os
-
 import io
+import os
 import subprocess
 import sys
 
