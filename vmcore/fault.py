@@ -482,10 +482,18 @@ def _deactivate_behind(k: "Kernel", e, slot: int) -> None:
     pmv = e.pmv
     if 0 <= target < len(pmv):
         f = pmv[target]
-        pm = k.pm
-        if f >= 0 and pm.wc_mv[f] == 0 and not pm.busy_mv[f] and pm.q_mv[f] != INACTIVE:
-            pm.deactivate(f)
-            k.stats.deactivate_behind += 1
+        if f >= 0:
+            pm = k.pm
+            q_mv = pm.q_mv
+            q = q_mv[f]
+            if q != INACTIVE and pm.wc_mv[f] == 0 and not pm.busy_mv[f]:
+                # pm.deactivate(f), inline
+                if q == ACTIVE:
+                    del pm.active[f]
+                pm.ref_mv[f] = False
+                pm.inactive[f] = None
+                q_mv[f] = INACTIVE
+                k.stats.deactivate_behind += 1
 
 
 def object_page_find(k: "Kernel", obj, p: int) -> int | None:

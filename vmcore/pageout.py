@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from vmcore.errors import ResourceShortage
 from vmcore.pager import PagerResult
+from vmcore.resident import INACTIVE
 from vmcore.types import VM_SUPER_CLUSTER_BYTES
 from vmcore.upl import (
     UPL, UPL_CLEAN_IN_PLACE, UPL_COPYOUT_FROM, UPL_FOR_PAGEOUT, UPL_NOBLOCK, UPL_RET_ONLY_DIRTY,
@@ -88,6 +89,8 @@ class PageoutDaemon:
         freed = 0
         active, inactive, free = pm.active, pm.inactive, pm.free
         busy, referenced, dirty, precious = pm.busy_mv, pm.ref_mv, pm.dirty_mv, pm.precious_mv
+        pv, owner, pidx, wc, tracked = pm.pv, pm.owner, pm.pidx_mv, pm.wc_mv, k.tracked
+        q_mv = pm.q_mv
         examined = 0
         limit = 3 * (len(active) + len(inactive)) + 16
         try:
@@ -110,7 +113,11 @@ class PageoutDaemon:
                         if examined >= limit:
                             break
                         continue
-                    pm.deactivate(f)
+                    # pm.deactivate(f), inline (f is at the active head)
+                    del active[f]
+                    referenced[f] = False
+                    inactive[f] = None
+                    q_mv[f] = INACTIVE
                     stats.deactivations += 1
                 if not inactive:
                     break
@@ -124,9 +131,29 @@ class PageoutDaemon:
                     pm.activate(f)
                     stats.reactivations += 1
                     continue
-                k.pmap_disconnect(f)
+                # pmap_disconnect(f), inline
+                lst = pv[f]
+                if lst:
+                    for e, s in lst:
+                        e.pmv[s] = -1
+                        e.pwv[s] = False
+                    pv[f] = None
+                    k.pmap_epoch += 1
                 if not dirty[f] and not precious[f]:
-                    k.page_free(f)
+                    # page_free(f), inline (its translations are gone)
+                    obj = owner[f]
+                    if obj is not None:
+                        p = pidx[f]
+                        pages = obj.pages
+                        if pages.get(p) == f:
+                            del pages[p]
+                    if tracked[f]:
+                        tracked[f] = False
+                        k.ntracked -= 1
+                        k.policy.removed(f)
+                    if wc[f]:
+                        k.nwired -= 1
+                    pm.release(f)
                     stats.clean_frees += 1
                     freed += 1
                     continue
@@ -236,16 +263,30 @@ class PageoutDaemon:
             v = pol.select_victim()
             tracked[v] = False
             k.ntracked -= 1
-            if owner[v] is None or (special[v] and (pm.busy_mv[v] or pm.wc_mv[v])):
+            obj = owner[v]
+            if obj is None or (special[v] and (pm.busy_mv[v] or pm.wc_mv[v])):
                 k.policy_insert(v)
                 continue
-            k.pmap_disconnect(v)
+            # pmap_disconnect(v), inline
+            pv = pm.pv
+            lst = pv[v]
+            if lst:
+                for e, s in lst:
+                    e.pmv[s] = -1
+                    e.pwv[s] = False
+                pv[v] = None
+                k.pmap_epoch += 1
             if pm.dirty_mv[v] or (special[v] and pm.precious_mv[v]):
                 if self.pageout_cluster(v, single=True) == 0:
                     k.policy_insert(v)
                     continue
             else:
-                k.page_free(v)
+                # page_free(v), inline: no translation left, untracked, not wired (checked above)
+                p = pm.pidx_mv[v]
+                pages = obj.pages
+                if pages.get(p) == v:
+                    del pages[p]
+                pm.release(v)
             k.stats.evictions += 1
             return
         raise ResourceShortage(

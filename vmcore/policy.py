@@ -168,17 +168,33 @@ class LRUPolicy(ReplacementPolicy):
     def __init__(self, nframes: int):
         super().__init__(nframes)
         self._stamp = np.full(self.nframes, self.UNTRACKED, dtype=np.int64)
+        self._stamp_mv = memoryview(self._stamp)  # the same memory: cheap one-frame access
         self._clock = 0  # next stamp
         self._oldest: deque[int] = deque()
         self._batch = max(64, self.nframes // 16)
 
+    def inserted(self, frame: int) -> None:
+        # the base class's inserted with _on_insert inlined (one call per fault saved)
+        frame = int(frame)
+        if not 0 <= frame < self.nframes:
+            raise ContractViolation(f"{self.name}: inserted frame {frame} outside 0..{self.nframes - 1}")
+        gens = self._gen
+        if gens[frame] >= 0:
+            raise ContractViolation(f"{self.name}: frame {frame} inserted twice without eviction or removal")
+        gens[frame] = self._next_gen
+        self._next_gen += 1
+        self._count += 1
+        stamp = self._clock
+        self._clock = stamp + 1
+        self._stamp_mv[frame] = stamp
+
     def _on_insert(self, frame: int, gen: int) -> None:
         stamp = self._clock
         self._clock = stamp + 1
-        self._stamp[frame] = stamp
+        self._stamp_mv[frame] = stamp
 
     def _on_removed(self, frame: int) -> None:
-        self._stamp[frame] = self.UNTRACKED
+        self._stamp_mv[frame] = self.UNTRACKED
 
     def referenced(self, frames: np.ndarray) -> None:
         n = len(frames)
@@ -208,7 +224,7 @@ class LRUPolicy(ReplacementPolicy):
         self._oldest = deque(keys.tolist())
 
     def _pick(self) -> int:
-        stamp_of = self._stamp
+        stamp_of = self._stamp_mv
         while True:
             oldest = self._oldest
             while oldest:
@@ -216,6 +232,23 @@ class LRUPolicy(ReplacementPolicy):
                 frame = key & _MASK
                 if stamp_of[frame] == key >> _SHIFT:
                     stamp_of[frame] = self.UNTRACKED
+                    return frame
+            self._refill()
+
+    def select_victim(self) -> int:
+        # the base class's select_victim with _pick inlined
+        if self._count == 0:
+            raise ResourceShortage(f"{self.name}: no evictable frame (every page is wired or none is resident)")
+        stamp_of = self._stamp_mv
+        while True:
+            oldest = self._oldest
+            while oldest:
+                key = oldest.popleft()
+                frame = key & _MASK
+                if stamp_of[frame] == key >> _SHIFT:
+                    stamp_of[frame] = self.UNTRACKED
+                    self._gen[frame] = -1
+                    self._count -= 1
                     return frame
             self._refill()
 
@@ -233,6 +266,37 @@ class FIFOPolicy(ReplacementPolicy):
         if len(self._queue) > 2 * self._count + 64:
             self._queue = deque(self._compact_keys(self._queue))
         self._queue.append((gen << _SHIFT) | frame)
+
+    def inserted(self, frame: int) -> None:
+        # the base class's inserted with _on_insert inlined (one call per fault saved)
+        frame = int(frame)
+        if not 0 <= frame < self.nframes:
+            raise ContractViolation(f"{self.name}: inserted frame {frame} outside 0..{self.nframes - 1}")
+        gens = self._gen
+        if gens[frame] >= 0:
+            raise ContractViolation(f"{self.name}: frame {frame} inserted twice without eviction or removal")
+        gen = self._next_gen
+        self._next_gen = gen + 1
+        gens[frame] = gen
+        self._count += 1
+        queue = self._queue
+        if len(queue) > 2 * self._count + 64:
+            queue = self._queue = deque(self._compact_keys(queue))
+        queue.append((gen << _SHIFT) | frame)
+
+    def select_victim(self) -> int:
+        # the base class's select_victim with _pick inlined
+        if self._count == 0:
+            raise ResourceShortage(f"{self.name}: no evictable frame (every page is wired or none is resident)")
+        queue = self._queue
+        gens = self._gen
+        while True:
+            key = queue.popleft()
+            frame = key & _MASK
+            if gens[frame] == key >> _SHIFT:
+                gens[frame] = -1
+                self._count -= 1
+                return frame
 
     def referenced(self, frames: np.ndarray) -> None:
         pass  # fifo ignores hits
@@ -255,13 +319,52 @@ class ClockPolicy(ReplacementPolicy):
     def __init__(self, nframes: int):
         super().__init__(nframes)
         self._bit = np.zeros(self.nframes, dtype=np.bool_)
+        self._bit_mv = memoryview(self._bit)  # the same memory: cheap one-frame access
         self._ring: deque[int] = deque()
 
     def _on_insert(self, frame: int, gen: int) -> None:
-        self._bit[frame] = False  # a page brought in starts with its bit clear
+        self._bit_mv[frame] = False  # a page brought in starts with its bit clear
         if len(self._ring) > 2 * self._count + 64:
             self._ring = deque(self._compact_keys(self._ring))
         self._ring.append((gen << _SHIFT) | frame)
+
+    def inserted(self, frame: int) -> None:
+        # the base class's inserted with _on_insert inlined (one call per fault saved)
+        frame = int(frame)
+        if not 0 <= frame < self.nframes:
+            raise ContractViolation(f"{self.name}: inserted frame {frame} outside 0..{self.nframes - 1}")
+        gens = self._gen
+        if gens[frame] >= 0:
+            raise ContractViolation(f"{self.name}: frame {frame} inserted twice without eviction or removal")
+        gen = self._next_gen
+        self._next_gen = gen + 1
+        gens[frame] = gen
+        self._count += 1
+        self._bit_mv[frame] = False  # a page brought in starts with its bit clear
+        ring = self._ring
+        if len(ring) > 2 * self._count + 64:
+            ring = self._ring = deque(self._compact_keys(ring))
+        ring.append((gen << _SHIFT) | frame)
+
+    def select_victim(self) -> int:
+        # the base class's select_victim with _pick inlined
+        if self._count == 0:
+            raise ResourceShortage(f"{self.name}: no evictable frame (every page is wired or none is resident)")
+        ring = self._ring
+        gens = self._gen
+        bit = self._bit_mv
+        while True:
+            key = ring.popleft()
+            frame = key & _MASK
+            if gens[frame] != key >> _SHIFT:
+                continue  # removed since
+            if bit[frame]:
+                bit[frame] = False
+                ring.append(key)  # second chance: to the newest position
+                continue
+            gens[frame] = -1
+            self._count -= 1
+            return frame
 
     def referenced(self, frames: np.ndarray) -> None:
         # untracked frames get their bit set too; harmless, `inserted` clears it
@@ -270,7 +373,7 @@ class ClockPolicy(ReplacementPolicy):
     def _pick(self) -> int:
         ring = self._ring
         gen = self._gen
-        bit = self._bit
+        bit = self._bit_mv
         while True:
             key = ring.popleft()
             frame = key & _MASK

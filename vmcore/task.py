@@ -466,13 +466,21 @@ class Task:
             epoch = k.pmap_epoch
             pos = 0
             stale = False
+            # addresses (and flags) as Python ints once per window when misses are many
+            many = 8 * len(bad) >= m
+            segl = seg.tolist() if many else None
+            wl = wseg.tolist() if many and wseg is not None else None
+            touch = self._touch
             for j in bad:
                 if j > pos:
                     if k.pmap_epoch != epoch:
                         stale = True
                         break
                     self._hits(fr[pos:j], wseg[pos:j] if wseg is not None else None, wscalar)
-                self._touch(int(seg[j]), bool(wseg[j]) if wseg is not None else wscalar)
+                if many:
+                    touch(segl[j], wl[j] if wl is not None else wscalar)
+                else:
+                    touch(int(seg[j]), bool(wseg[j]) if wseg is not None else wscalar)
                 pos = j + 1
             if not stale and pos < m and k.pmap_epoch == epoch:
                 self._hits(fr[pos:], wseg[pos:] if wseg is not None else None, wscalar)
