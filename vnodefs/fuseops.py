@@ -25,6 +25,12 @@ Invariants:
   * with a prefetch cache (vnodefs.prefetch.PrefetchCache, `vnodefs run --profile --prefetch
     cache`), every read asks the cache first; a write, truncate, fallocate, create or O_TRUNC open
     drops the file's cached pages before/after it reaches the host.
+  * file events (vnodefs.events, when the mount config has `events`): truncate/ftruncate to a
+    smaller size, and open/create with O_TRUNC of a non-empty file, report `setsize` (inode, new
+    size, path) to the VM after the host call succeeded and before the reply goes back to the
+    kernel (so the requester's truncate(2) returns after the record is in the channel); unlink and
+    rename over an existing file report `removed`. Each costs one extra lstat/fstat on that request
+    only; read/write never touch the channel, and the writer never blocks (it drops and counts).
 Caveats:
   * Writeback cache and FUSE passthrough stay off (they would hide requests from the trace).
   * `page` mode uses libfuse's auto_cache: the kernel keeps a file's pages across opens unless the
@@ -79,6 +85,16 @@ class FsConfig:
     latency: LatencySpec = field(default_factory=lambda: LatencySpec("none", 0.0, 0.0))
 
 
+_RENAME_EXCHANGE = 2
+
+
+def _lstat_or_none(path):
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
@@ -98,6 +114,8 @@ class Passthrough(mfusepy.Operations):
         self.fid_of_fd: dict[int, int] = {}
         self.negotiated: dict = {}
         self._renameat2 = None
+        #: vnodefs.events.EventWriter (the setsize back edge) or None; set by vnodefs.mount
+        self.events = None
 
     def _p(self, path: str) -> str:
         return self.root + path
@@ -155,8 +173,13 @@ class Passthrough(mfusepy.Operations):
         return 0
 
     def unlink(self, path):
+        ev = self.events
+        if ev is not None:
+            st = _lstat_or_none(self.root + path)
         os.unlink(self.root + path)
         self.trace.forget_path(path)
+        if ev is not None and st is not None and stat.S_ISREG(st.st_mode):
+            ev.removed(st.st_ino, path)
         return 0
 
     def symlink(self, target, source):
@@ -165,6 +188,9 @@ class Passthrough(mfusepy.Operations):
         return 0
 
     def rename(self, old, new, flags=0):
+        ev = self.events
+        if ev is not None:  # a file renamed over loses its name (reported as removed)
+            st = _lstat_or_none(self.root + new)
         if flags:
             if self._renameat2 is None:
                 self._renameat2 = _libc().renameat2
@@ -178,6 +204,11 @@ class Passthrough(mfusepy.Operations):
             os.rename(self.root + old, self.root + new)
         self.trace.forget_path(old)
         self.trace.forget_path(new)
+        if ev is not None and st is not None and stat.S_ISREG(st.st_mode) and \
+                not flags & _RENAME_EXCHANGE:
+            nst = _lstat_or_none(self.root + new)
+            if nst is None or nst.st_ino != st.st_ino:
+                ev.removed(st.st_ino, new)
         return 0
 
     def link(self, target, source):
@@ -194,11 +225,25 @@ class Passthrough(mfusepy.Operations):
         return 0
 
     def truncate(self, path, length, fh=None):
+        ev = self.events
+        if ev is not None:  # the size before: only a shrink is reported
+            st = os.fstat(fh.fh) if fh is not None else os.stat(self.root + path)
         if fh is not None:
             os.ftruncate(fh.fh, length)
         else:
             os.truncate(self.root + path, length)
+        if ev is not None and length < st.st_size:
+            ev.setsize(st.st_ino, length, path or "")
         return 0
+
+    def _o_trunc_size(self, path, flags):
+        """(inode, size) of a non-empty regular file an O_TRUNC open is about to empty, else None."""
+        if self.events is None or not flags & os.O_TRUNC:
+            return None
+        st = _lstat_or_none(self.root + path)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        return st.st_ino, st.st_size
 
     def utimens(self, path, times=None):
         if times is None:
@@ -228,7 +273,10 @@ class Passthrough(mfusepy.Operations):
         return os.open(self.root + path, hflags, mode)
 
     def open(self, path, fi):
+        was = self._o_trunc_size(path, fi.flags)
         fd = self._host_open(path, fi.flags)
+        if was is not None:
+            self.events.setsize(was[0], 0, path)
         fi.fh = fd
         self.fid_of_fd[fd] = self.trace.file_id(path)
         if self.config.cache == "direct":
@@ -236,8 +284,11 @@ class Passthrough(mfusepy.Operations):
         return 0
 
     def create(self, path, mode, fi):
+        was = self._o_trunc_size(path, fi.flags)
         fd = os.open(self.root + path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
                      | os.O_CLOEXEC, mode)
+        if was is not None:
+            self.events.setsize(was[0], 0, path)
         fi.fh = fd
         self.fid_of_fd[fd] = self.trace.file_id(path)
         if self.config.cache == "direct":

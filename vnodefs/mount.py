@@ -28,6 +28,11 @@ Prefetch: a config key `prefetch` = {"playlist": FILE (JSON list of [path, offse
 ready (the trace header then has a `prefetch` object); `mount(..., extra=)` / `mounted(..., extra=)`
 pass such keys through.
 
+File events: a config key `events` = {"fd": W, "counters_fd": C} (vnodefs.events.open_channel) makes
+the daemon report size changes (setsize/removed) on the pipe write end W with the counters page C;
+`mount()` passes both fds to the daemon (pass_fds) when `extra` holds such a key. The caller keeps
+the reader and closes its copies of W and C after mount() returns.
+
 Caveats: only the user who mounted can use the mount (no allow_other). A busy mount (open files,
 a process's cwd) refuses `umount` with EBUSY, reported in one line.
 """
@@ -243,13 +248,22 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
     r, w = os.pipe()
     config["ready_fd"] = w
     config["log"] = logf
+    passed = [w]
+    ev = config.get("events")
+    if ev:
+        try:
+            passed += [int(ev["fd"]), int(ev["counters_fd"])]
+        except (KeyError, TypeError, ValueError):
+            os.close(r)
+            os.close(w)
+            raise MountError("config key events must be {\"fd\": N, \"counters_fd\": N}") from None
     try:
         with open(logf, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from vnodefs.mount import daemon_main; "
                                        "sys.exit(daemon_main(sys.argv[1]))", json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), start_new_session=True,
-                close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=tuple(passed),
+                start_new_session=True, close_fds=True)
     finally:
         os.close(w)
     try:
@@ -436,6 +450,15 @@ def serve(config: dict, ready=None) -> int:
     _keep_request_buffers()
     writer = TraceWriter(config.get("trace"))
     ops = (PassthroughXattr if fsconf.xattr else Passthrough)(fsconf, writer)
+    if config.get("events"):
+        from vnodefs.events import EventWriter
+
+        try:
+            ops.events = EventWriter.from_config(config["events"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"vnodefs: mount failed: cannot use the file events channel: {e}", file=sys.stderr,
+                  flush=True)
+            return 1
     lat_model = LatencyModel(spec)
     pcache = None
     if config.get("prefetch"):  # `vnodefs run --profile APP --prefetch cache`: the playlist file
@@ -465,6 +488,7 @@ def serve(config: dict, ready=None) -> int:
         "libfuse": f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}",
         "writeback_cache": False, "passthrough": False, "direct_io_allow_mmap": False,
         "read_only": fsconf.read_only, "xattr": fsconf.xattr, "ops": OPS,
+        "file_events": ops.events is not None,
     }
     stop = threading.Event()
     failed = {}
@@ -527,6 +551,8 @@ def serve(config: dict, ready=None) -> int:
         stop.set()
         if pcache is not None:
             pcache.stop()
+        if ops.events is not None:
+            ops.events.close()
         writer.close()
         st = read_state(mnt)
         if st is not None and st.get("pid") == os.getpid():
