@@ -254,3 +254,143 @@ def test_vnode_pager_contract_on_a_mount(tmp_path):
             for pg in made:
                 pg.terminate()
     assert (d / "f64").stat().st_size == 64 * PS  # write-backs never extend the file
+
+
+# ---- truncation through the mount: the daemon's setsize reports (vnodefs.events) -----------------
+
+def _check(k):
+    """vmcore.invariants.check on a files kernel. The checker counts references from maps, named
+    entries and shadows only; the file cache's own reference on each file object (the UBC's, see
+    vmcore.lab_files) is invisible to it, so it is taken out for the duration of the check."""
+    from vmcore import invariants
+
+    held = [o for o in k.files.by_ino.values() if o.alive]
+    for o in held:
+        o.ref_count -= 1
+    try:
+        invariants.check(k)
+    finally:
+        for o in held:
+            o.ref_count += 1
+
+
+def _run(code, *args):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_truncate_through_mount_drops_resident_pages(src):
+    p = src / "data" / "db"
+    host = p.read_bytes()
+    new = 100 * PS + 10
+    with Kernel(memory="16MiB", files=src) as k:
+        t = k.task_create(name="trunc")
+        m = t.vm_map_file("data/db")
+        other = k.task_create(name="other")
+        m2 = other.vm_map_file("data/db", prot="r")
+        assert t.read(m + 500 * PS, 12 * PS) == host[500 * PS:512 * PS]  # resident near the end
+        assert other.read(m2 + 505 * PS, 8) == host[505 * PS:505 * PS + 8]  # mapped in 2 tasks
+        t.write(m + 510 * PS, b"dirty past the new end")
+        t.read(m, 4 * PS)
+        t.read(m + 100 * PS, PS)  # the new tail page, resident
+        obj = t.map.lookup(m).object
+        assert {500, 505, 510, 100} <= set(obj.pages)
+        hard = k.vm_stat()["Hard faults"]
+        # another process truncates the file through the kernel's own mount
+        _run("import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))",
+             os.path.join(k.mountpoint, "data", "db"), new)
+        # no msync, no revalidate: the very next access past the new end fails, naming the file
+        with pytest.raises(InvalidAddress, match="past the end of file 'data/db'"):
+            t.read(m + 505 * PS, 1)
+        assert all(q <= 100 for q in obj.pages)
+        assert obj.size == new
+        with pytest.raises(InvalidAddress, match="data/db"):
+            other.read(m2 + 505 * PS, 1)
+        with pytest.raises(InvalidAddress, match="data/db"):
+            t.access([m + 101 * PS])
+        # pages before the end still read the right bytes, without a page-in
+        assert t.read(m, 4 * PS) == host[:4 * PS]
+        assert t.read(m + 100 * PS, 10) == host[100 * PS:new]
+        assert t.read(m + 100 * PS + 10, 6) == bytes(6)  # the tail page past EOF reads as zeros
+        assert k.vm_stat()["Hard faults"] == hard
+        assert k.vm_stat()["File events"] == 1 and k.vm_stat()["File events dropped"] == 0
+        _check(k)
+        k.pageout()  # the dropped dirty page is not written back (it would re-extend the file)
+        _check(k)
+    assert p.stat().st_size == new
+    assert p.read_bytes() == host[:new]
+
+
+def test_o_trunc_open_through_mount(src):
+    p = src / "small"
+    with Kernel(memory="4MiB", files=src) as k:
+        t = k.task_create(name="o")
+        m = t.vm_map_file("small")
+        pr = t.vm_map_file("small", shared=False)
+        t.read(m, 3 * PS + 100)
+        t.write(pr + PS, b"my private copy")  # copied into the private mapping's shadow object
+        t.read(pr + 2 * PS, 1)  # resident in the file object only
+        obj = t.map.lookup(m).object
+        # open(O_TRUNC) in this process, through the mount path
+        with open(os.path.join(k.mountpoint, "small"), "wb") as fh:
+            fh.write(b"")
+        with pytest.raises(InvalidAddress, match="small"):
+            t.read(m, 1)
+        assert not obj.pages
+        # the private mapping keeps the page it copied (it belongs to its shadow object, as in
+        # XNU); the pages it never copied fault past the end like the shared mapping's
+        assert t.read(pr + PS, 15) == b"my private copy"
+        with pytest.raises(InvalidAddress, match="small"):
+            t.read(pr + 2 * PS, 1)
+        _check(k)
+    assert p.stat().st_size == 0
+
+
+def test_grow_through_mount_drops_nothing(src):
+    p = src / "small"
+    host = p.read_bytes()
+    with Kernel(memory="4MiB", files=src) as k:
+        t = k.task_create(name="g")
+        m = t.vm_map_file("small")
+        t.read(m, 3 * PS + 100)
+        obj = t.map.lookup(m).object
+        before = dict(obj.pages)
+        os.truncate(os.path.join(k.mountpoint, "small"), 8 * PS)
+        hard = k.vm_stat()["Hard faults"]
+        assert t.read(m, 3 * PS + 100) == host
+        assert dict(obj.pages) == before
+        assert k.vm_stat()["Hard faults"] == hard
+        assert k.vm_stat()["File events"] == 0
+
+
+def test_flooded_channel_daemon_keeps_serving(src):
+    """Nobody consumes the reports: the daemon drops and counts them, never blocks; the kernel then
+    revalidates every file and still drops the pages past the end."""
+    name = "f" * 200  # ~220-byte records: a 64 KiB pipe holds ~300
+    p = src / name
+    p.write_bytes(bytes(range(256)) * (1024 * PS // 256))
+    with Kernel(memory="16MiB", files=src) as k:
+        t = k.task_create(name="flood")
+        m = t.vm_map_file(name)
+        t.read(m + 900 * PS, 100 * PS)
+        obj = t.map.lookup(m).object
+        mp = os.path.join(k.mountpoint, name)
+        n = 600
+        _run("import os, sys\n"
+             "p, n = sys.argv[1], int(sys.argv[2])\n"
+             "for i in range(1, n + 1): os.truncate(p, (1024 - i) * 4096)\n", mp, n)
+        st = k.vm_stat()
+        assert st["File events"] + st["File events dropped"] == n
+        assert st["File events dropped"] > 0
+        with open(mp, "rb") as fh:  # the daemon still serves
+            assert fh.read(PS) == p.read_bytes()[:PS]
+        with pytest.raises(InvalidAddress, match=name[:20]):
+            t.read(m + 1000 * PS, 1)
+        assert all(q < 1024 - n for q in obj.pages)
+        assert obj.size == (1024 - n) * PS
+        assert k.files.event_stats()["dropped"] == st["File events dropped"]
+        assert t.read(m + 400 * PS, 4) == bytes(range(4))

@@ -13,6 +13,9 @@ Owns: `Kernel`, the class users get from `from vmcore import Kernel`. It is the 
   * `files=` and `var=` together: launch profiles under VAR/vm/app_profile (vmcore.lab_profiles):
     `k.task_create(name, executable="bin/app", seed="eager"|"lazy"|"off", uid=None, record=None,
     merge_min=None)` records a first launch and seeds later ones; `t.prefetch_score()`.
+  * the files mount reports truncations made through it (vnodefs.events); the kernel applies them
+    before its pageout entry points and every FileTask page access (vmcore.lab_files has what is
+    and is not detected); vm_stat's "File events" / "File events dropped" count the reports.
 
 This is the only vmcore module (with the CLI) that may import swapd and vnodefs: the model modules
 define the pager interface and know no backing store (tests/test_architecture.py holds that line).
@@ -171,6 +174,7 @@ class Kernel(_model.Kernel):
     def file_revalidate(self, path=None) -> None:
         """fstat one mapped file (or all) and drop pages past a new end of file."""
         if self.files is not None:
+            self.files.sync_events()
             self.files.revalidate(self.files.object_for(path) if path is not None else None)
 
     def file_cache_purge(self) -> int:
@@ -184,12 +188,20 @@ class Kernel(_model.Kernel):
             return None
         return self.swap_pool.tick()
 
+    def _file_events(self) -> None:
+        """Apply the files mount's pending setsize reports (vmcore.lab_files) before a pageout
+        scan can write back a page that now lies past the end of its file."""
+        if self.files is not None:
+            self.files.sync_events()
+
     def pageout(self, target: int | None = None) -> int:
+        self._file_events()
         freed = super().pageout(target)
         self.dynamic_pager_tick()
         return freed
 
     def pageout_step(self) -> int:
+        self._file_events()
         freed = super().pageout_step()
         self.dynamic_pager_tick()
         return freed
@@ -200,6 +212,11 @@ class Kernel(_model.Kernel):
             st = self.swap_pool.status()
             d["Swap files"] = len(st.get("files", []))
             d["Swap used bytes"] = int(st["total"]["used_slots"]) * self.page_size
+        fs = self.files
+        if fs is not None:
+            st = fs.event_stats()
+            d["File events"] = st["emitted"]
+            d["File events dropped"] = st["dropped"]
         pc = self.__dict__.get("prefetch_counts")
         if pc is not None:
             d["Prefetch requests"] = pc["requests"]

@@ -9,22 +9,41 @@ Owns (wiring layer, issue 5 items 1-2):
     the kernel is never closed (garbage collection, interpreter exit): no mount is left behind.
   * `FileTask`: the Task class of the lab Kernel: `vm_map_file`, `vm_msync`, `prefetch_score`, and
     the fault wrapper that seeds lazily (vmcore.lab_profiles), names the file in a past-EOF fault
-    and drops pages past a file's new end.
+    and drops pages past a file's new end, and the overrides of read/write/access/vm_wire that
+    first apply the mount's pending setsize reports (below).
 
 Object cache: like the UBC holding a vnode's object, the FileSystem holds one reference on each
 file object it made, so its pages stay cached after the last mapping goes (a later launch finds
 them resident) until `Kernel.file_cache_purge()` or close (dirty pages are written back then).
 
-Truncation underneath (what is detected, and when):
-  * a page-in that meets EOF (the vnode pager's short read) or any pager fstat that shows a
-    smaller size marks the file shrunk; right after that fault the object's resident pages wholly
-    past the new end are dropped (dirty ones are NOT written back: that would re-extend the file)
-    and their translations removed, and the object's size is cut;
-  * an access to a page past the new end then faults and fails with InvalidAddress naming the file;
-  * `vm_msync` and `Kernel.file_revalidate()` fstat the file first and drop the same way;
-  * NOT detected: a resident, still-mapped page past the new end is readable (stale data) until
-    one of the above happens (there is no notification from the host); pages a private mapping
-    already copied (its anonymous shadow) stay; the tail page keeps its bytes past EOF in memory.
+Truncation (what is detected, and when):
+  * through the mount (XNU's ubc_setsize path): the vnodefs daemon reports every request that
+    shrinks a file (truncate/ftruncate to a smaller size, open or create with O_TRUNC of a
+    non-empty file) as a `setsize` record on the kernel's file events channel
+    (vnodefs.events: a non-blocking pipe plus a shared counters page), before the request's
+    reply, whoever made it (this process or any other). The kernel consumes pending records before
+    every FileTask operation that can touch file pages (read, write, vm_read/vm_write/vm_copy,
+    access, vm_wire, vm_msync, vm_map_file) and before the lab Kernel's pageout entry points,
+    file_revalidate, file_cache_purge and close; the check is two loads from shared memory. Each
+    record drops the file object's resident pages wholly past the new end (dirty ones are NOT
+    written back: that would re-extend the file), removing their translations in every task,
+    zeroes the resident tail page past the new end (as FreeBSD's vnode_pager_setsize), and cuts
+    the object's size (then fstat's once: a file grown again since keeps its new size). So an
+    access past the new end after a truncate(2) through the mount has returned is an
+    InvalidAddress naming the file, with no msync or revalidate call;
+  * `removed` records (unlink, rename over) change nothing: as in XNU, a mapped file's object
+    lives on (the pager's open fd keeps the host inode) and its pages stay valid;
+  * records the daemon dropped (channel full because nobody consumed it, or closed) are counted
+    (`FileSystem.events_dropped`, vm_stat's "File events dropped"); on seeing a drop the kernel
+    revalidates every file object (fstat each, as below), so nothing is missed, only later;
+  * host-side truncation behind FUSE's back (on SOURCE itself) sends no record: it is seen only
+    when a page-in meets EOF (the vnode pager's short read) or a pager fstat shows a smaller size,
+    i.e. at the next page-in, `vm_msync` or `Kernel.file_revalidate()`; until then a resident,
+    still-mapped page past the new end stays readable (stale data);
+  * private (copy-on-write) mappings: pages the task already copied belong to its shadow object and
+    stay readable, as in XNU; pages it never copied read through to the file object and fault past
+    the new end like a shared mapping;
+  * wired pages (vm_wire) past the new end are not dropped (they stay until unwired).
 """
 
 from __future__ import annotations
@@ -47,6 +66,11 @@ def _cleanup(state: dict) -> None:
         with contextlib.suppress(OSError):
             os.close(fd)
     state["fds"].clear()
+    ev = state.get("events")
+    if ev is not None:
+        state["events"] = None
+        with contextlib.suppress(OSError, ValueError):
+            ev.close()
     m = state.get("mount")
     if m is not None:
         state["mount"] = None
@@ -70,6 +94,7 @@ class FileSystem:
     """The kernel's vnodefs mount and its file objects (see module doc)."""
 
     def __init__(self, kernel, source, latency: str | None = "none", trace=None):
+        from vnodefs.events import open_channel
         from vnodefs.mount import MountError, mount
 
         src = os.fspath(source)
@@ -78,14 +103,29 @@ class FileSystem:
         self.kernel = kernel
         self.source = os.path.realpath(src)
         self.trace_path = os.path.abspath(os.fspath(trace)) if trace is not None else None
-        self.state = {"fds": set(), "mount": None, "tmp": tempfile.mkdtemp(prefix="vmcore-files-")}
+        self.state = {"fds": set(), "mount": None, "events": None,
+                      "tmp": tempfile.mkdtemp(prefix="vmcore-files-")}
         self._finalizer = weakref.finalize(self, _cleanup, self.state)
+        self.events = None  # vnodefs.events.EventReader: the daemon's setsize reports
+        self.events_received = self.events_dropped = self.events_applied = 0
+        self._final_counts = (0, 0)
+        try:
+            reader, evconf, evfds = open_channel()
+        except OSError as e:
+            self._finalizer()
+            raise InvalidArgument(f"files={src!r}: cannot create the file events channel: "
+                                  f"{e.strerror}") from None
+        self.state["events"] = reader
         try:
             m = mount(self.source, self.state["tmp"], trace=self.trace_path, latency=latency,
-                      cache="direct")
+                      cache="direct", extra={"events": evconf})
         except MountError as e:
             self._finalizer()
             raise InvalidArgument(f"files={src!r}: {e}") from None
+        finally:
+            for fd in evfds:  # the daemon has its own copies
+                os.close(fd)
+        self.events = reader
         self.state["mount"] = m
         self.mountpoint = m.mountpoint
         self.latency = m.latency
@@ -163,6 +203,58 @@ class FileSystem:
             return None
         return p, offset // self.kernel.page_size
 
+    # ---- file events (the setsize back edge) ------------------------------------------------------
+    def sync_events(self) -> int:
+        """Apply the daemon's pending size reports (cheap when there are none: no system call).
+        Returns the records applied."""
+        ev = self.events
+        if ev is None or not ev.pending():
+            return 0
+        return self._apply_events()
+
+    def _apply_events(self) -> int:
+        evs, lost = self.events.read()
+        self.events_received += len(evs)
+        if lost:
+            self.events_dropped += lost
+        shrink: dict[int, tuple[object, int]] = {}  # object id -> (object, smallest new size)
+        for e in evs:
+            if e.kind != "setsize":
+                continue  # removed: the object lives on while mapped (see the module doc)
+            obj = self.by_ino.get(e.ino)
+            if obj is None or not obj.alive:
+                continue
+            prev = shrink.get(obj.id)
+            shrink[obj.id] = (obj, e.size if prev is None else min(prev[1], e.size))
+        for obj, size in shrink.values():
+            self.setsize(obj, size)
+        if lost:  # records were dropped: we cannot know which files shrank; ask every one
+            self.revalidate()
+        self.drain_shrunk()
+        self.events_applied += len(shrink)
+        return len(evs)
+
+    def setsize(self, obj, size: int) -> int:
+        """ubc_setsize for a shrink reported by the file system: drop obj's pages past `size`,
+        then take the file's current size (one fstat: it may have grown again since). Returns the
+        pages dropped."""
+        dropped = self.drop_past(obj, size)
+        pager = obj.pager
+        if pager is not None and pager.known_size > size:
+            pager.known_size = size
+        cur = pager.size() if pager is not None else None
+        if cur is not None and cur > size:
+            self._resize(obj, cur)
+        return dropped
+
+    def event_stats(self) -> dict[str, int]:
+        """The channel's counters: records the daemon emitted and dropped, records read here,
+        file objects resized by them."""
+        ev = self.events
+        emitted, dropped = ev.counts() if ev is not None else self._final_counts
+        return {"emitted": emitted, "dropped": dropped, "received": self.events_received,
+                "objects_resized": self.events_applied}
+
     # ---- truncation -------------------------------------------------------------------------------
     def drain_shrunk(self) -> None:
         """Drop pages past the new end of every file whose pager saw it shrink."""
@@ -177,7 +269,8 @@ class FileSystem:
                     self.drop_past(obj, new)
 
     def drop_past(self, obj, size: int) -> int:
-        """Free obj's resident pages wholly at or past byte `size` (not written back)."""
+        """Free obj's resident pages wholly at or past byte `size` (not written back) and zero
+        the resident tail page past `size`; cut the object's size."""
         k = self.kernel
         pm = k.pm
         ps = k.page_size
@@ -188,11 +281,18 @@ class FileSystem:
                 pm.dirty[f] = False
                 k.page_free(f)
                 dropped += 1
+        tail = size % ps
+        if tail:
+            f = obj.pages.get(size // ps)
+            if f is not None and not pm.busy[f]:
+                pm.views[f][tail:] = bytes(ps - tail)  # bytes past EOF read as zeros, as after a page-in
         self._resize(obj, size)
         return dropped
 
     def revalidate(self, obj=None) -> None:
         """fstat one file object (or all) and drop pages past a new end."""
+        if obj is None:
+            self.sync_events()
         objs = [obj] if obj is not None else list(self.by_ino.values())
         for o in objs:
             if o.alive and o.pager is not None:
@@ -204,6 +304,7 @@ class FileSystem:
         """Drop the cache's reference on every file object: objects nobody maps die (their dirty
         pages are written back, their pagers closed). Returns objects released."""
         k = self.kernel
+        self.sync_events()
         n = 0
         for ino, obj in list(self.by_ino.items()):
             del self.by_ino[ino]
@@ -226,6 +327,8 @@ class FileSystem:
         self.closed = True
         k = self.kernel
         try:
+            with contextlib.suppress(Exception):  # a broken channel must not stop the write-back
+                self.sync_events()
             for obj in list(self.by_ino.values()):
                 if obj.alive:
                     try:
@@ -236,6 +339,9 @@ class FileSystem:
                             obj.pager.terminate()
         finally:
             self.by_ino.clear()
+            if self.events is not None:
+                self._final_counts = self.events.counts()
+            self.events = None
             self._finalizer()
 
     @property
@@ -256,6 +362,30 @@ class FileTask(Task):
         self.lazy_seeder = None
         self.scoreboard = None
 
+    # ---- the setsize reports: consumed before anything that can touch file pages ----------------
+    def _sync(self) -> None:
+        fs = self.kernel.files
+        if fs is not None:
+            ev = fs.events
+            if ev is not None and ev.pending():
+                fs._apply_events()
+
+    def read(self, addr, n) -> bytes:
+        self._sync()
+        return super().read(addr, n)
+
+    def write(self, addr, data) -> None:
+        self._sync()
+        super().write(addr, data)
+
+    def access(self, addrs, write=False) -> None:
+        self._sync()
+        super().access(addrs, write)
+
+    def vm_wire(self, addr, size) -> None:
+        self._sync()
+        super().vm_wire(addr, size)
+
     # ---- file mappings ----------------------------------------------------------------------------
     def _fs(self) -> FileSystem:
         fs = getattr(self.kernel, "files", None)
@@ -271,6 +401,7 @@ class FileTask(Task):
         if not isinstance(shared, bool):
             raise InvalidArgument(f"shared={shared!r} must be True or False")
         fs = self._fs()
+        fs.sync_events()
         obj = fs.object_for(path)
         rel = fs.path_of(obj)
         ps = self.kernel.page_size
@@ -316,6 +447,7 @@ class FileTask(Task):
         self.map.check_covered(start, end)
         k = self.kernel
         fs = self._fs()
+        fs.sync_events()
         shift = k.page_shift
         written = 0
         for e in self._file_entries(start, end):
