@@ -24,7 +24,9 @@ Truncation (what is detected, and when):
     reply, whoever made it (this process or any other). The kernel consumes pending records before
     every FileTask operation that can touch file pages (read, write, vm_read/vm_write/vm_copy,
     access, vm_wire, vm_msync, vm_map_file) and before the lab Kernel's pageout entry points,
-    file_revalidate, file_cache_purge and close; the check is two loads from shared memory. Each
+    file_revalidate, file_cache_purge and close; the check is one load from shared memory (measured
+    about 0.2 us on an 8-byte read of a resident page, ~7%); a truncation that lands while one
+    operation runs (another process) is applied at the start of the next. Each
     record drops the file object's resident pages wholly past the new end (dirty ones are NOT
     written back: that would re-extend the file), removing their translations in every task,
     zeroes the resident tail page past the new end (as FreeBSD's vnode_pager_setsize), and cuts
@@ -35,7 +37,8 @@ Truncation (what is detected, and when):
     lives on (the pager's open fd keeps the host inode) and its pages stay valid;
   * records the daemon dropped (channel full because nobody consumed it, or closed) are counted
     (`FileSystem.events_dropped`, vm_stat's "File events dropped"); on seeing a drop the kernel
-    revalidates every file object (fstat each, as below), so nothing is missed, only later;
+    revalidates every file object (fstat each, as below): a net shrink is caught there, but a
+    shrink undone by a later growth before the kernel looked is not (stale pages in between stay);
   * host-side truncation behind FUSE's back (on SOURCE itself) sends no record: it is seen only
     when a page-in meets EOF (the vnode pager's short read) or a pager fstat shows a smaller size,
     i.e. at the next page-in, `vm_msync` or `Kernel.file_revalidate()`; until then a resident,
@@ -229,7 +232,7 @@ class FileSystem:
         for obj, size in shrink.values():
             self.setsize(obj, size)
         if lost:  # records were dropped: we cannot know which files shrank; ask every one
-            self.revalidate()
+            self.revalidate(sync=False)
         self.drain_shrunk()
         self.events_applied += len(shrink)
         return len(evs)
@@ -289,9 +292,9 @@ class FileSystem:
         self._resize(obj, size)
         return dropped
 
-    def revalidate(self, obj=None) -> None:
+    def revalidate(self, obj=None, sync: bool = True) -> None:
         """fstat one file object (or all) and drop pages past a new end."""
-        if obj is None:
+        if obj is None and sync:
             self.sync_events()
         objs = [obj] if obj is not None else list(self.by_ino.values())
         for o in objs:
@@ -367,20 +370,20 @@ class FileTask(Task):
         fs = self.kernel.files
         if fs is not None:
             ev = fs.events
-            if ev is not None and ev.pending():
+            if ev is not None and ev.seq_view[3] != ev.seen_seq:  # EventReader.pending(), inline
                 fs._apply_events()
 
     def read(self, addr, n) -> bytes:
         self._sync()
-        return super().read(addr, n)
+        return Task.read(self, addr, n)
 
     def write(self, addr, data) -> None:
         self._sync()
-        super().write(addr, data)
+        Task.write(self, addr, data)
 
     def access(self, addrs, write=False) -> None:
         self._sync()
-        super().access(addrs, write)
+        Task.access(self, addrs, write)
 
     def vm_wire(self, addr, size) -> None:
         self._sync()

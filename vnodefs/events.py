@@ -18,9 +18,10 @@ The channel (Linux):
         offset 4  u32 version (1)
         offset 8  u64 emitted  (records written to the pipe)
         offset 16 u64 dropped  (records the daemon could not write: pipe full or reader gone)
-    The daemon bumps `emitted` after the record is in the pipe, so the reader's hot-path check is
-    two integer loads from shared memory, no system call: `pending()` is true when emitted or
-    dropped moved since the reader last looked.
+        offset 24 u64 seq      (emitted + dropped, stored last)
+    The daemon stores the counters after the record is in the pipe, so the reader's hot-path check
+    is one integer load from shared memory, no system call: `pending()` is true when `seq` moved
+    since the reader last read (`seq_view[3] != seen_seq` inline, for callers that count ns).
   * dropping: the daemon never waits. A full pipe (EAGAIN) or a closed reader (EPIPE; the daemon
     ignores SIGPIPE) drops the record and bumps `dropped`. The reader reports `dropped` moving as
     `lost` in its next read(); the VM must then revalidate every file (fstat all), as Linux's
@@ -59,7 +60,7 @@ MAX_RECORD = PIPE_BUF
 MAGIC = b"VNEV"
 VERSION = 1
 COUNTERS_SIZE = 64
-_COUNTS = struct.Struct("<QQ")  # emitted, dropped at offset 8
+_COUNTS = struct.Struct("<QQQ")  # emitted, dropped, seq at offset 8
 
 
 class EventError(Exception):
@@ -127,7 +128,7 @@ class EventWriter:
         self.mm = _map_counters(counters_fd, init=False)
         os.close(counters_fd)  # the mapping keeps the memfd alive
         self.lock = threading.Lock()
-        self.emitted, self.dropped = _COUNTS.unpack_from(self.mm, 8)
+        self.emitted, self.dropped, _ = _COUNTS.unpack_from(self.mm, 8)
         self.reader_gone = False
 
     @classmethod
@@ -151,7 +152,7 @@ class EventWriter:
                 self.emitted += 1
             else:
                 self.dropped += 1
-            _COUNTS.pack_into(self.mm, 8, self.emitted, self.dropped)
+            _COUNTS.pack_into(self.mm, 8, self.emitted, self.dropped, self.emitted + self.dropped)
             return ok
 
     def setsize(self, ino: int, size: int, path: str) -> bool:
@@ -177,6 +178,8 @@ class EventReader:
         self.fd = fd
         os.set_blocking(fd, False)
         self.mm = _map_counters(counters_fd, init=False)
+        self.seq_view = memoryview(self.mm).cast("Q")  # [3] is seq
+        self.seen_seq = 0
         self.buf = bytearray()
         self.consumed = 0  # records read
         self.seen_dropped = 0
@@ -185,14 +188,13 @@ class EventReader:
 
     def counts(self) -> tuple[int, int]:
         """(emitted, dropped) as the daemon last wrote them."""
-        return _COUNTS.unpack_from(self.mm, 8)
+        return _COUNTS.unpack_from(self.mm, 8)[:2]
 
     def pending(self) -> bool:
-        e, d = _COUNTS.unpack_from(self.mm, 8)
-        return e != self.consumed or d != self.seen_dropped
+        return self.seq_view[3] != self.seen_seq
 
     def read(self) -> tuple[list[Event], int]:
-        _, dropped = _COUNTS.unpack_from(self.mm, 8)
+        _, dropped, seq = _COUNTS.unpack_from(self.mm, 8)
         while True:
             try:
                 chunk = os.read(self.fd, 1 << 16)
@@ -206,6 +208,7 @@ class EventReader:
         self.received += len(evs)
         lost = dropped - self.seen_dropped
         self.seen_dropped = dropped
+        self.seen_seq = seq
         self.lost += lost
         return evs, lost
 
@@ -218,6 +221,7 @@ class EventReader:
             os.close(self.fd)
             self.fd = -1
         if not self.mm.closed:
+            self.seq_view.release()
             self.mm.close()
 
 
