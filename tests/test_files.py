@@ -1,7 +1,9 @@
 """Invariant guarded: Kernel(files=SOURCE) pages against real host files through its own vnodefs
 mount: a mapping reads exactly the host's bytes, each pagein is one cluster-sized read in the
 vnodefs trace from this process, shared writes reach the host (msync, pageout), private writes do
-not, one VM object per file is shared by every task, truncation underneath is a clear fault error,
+not, one VM object per file is shared by every task, truncation underneath is a clear fault error
+(through the mount: at the very next access, from the daemon's setsize report, even for pages
+still resident and mapped; growth drops nothing; a flooded report channel never stalls the daemon),
 behaviour RANDOM disables clustering, working-set widening stops at resident pages, and the mount
 is gone after close even when the body raised."""
 

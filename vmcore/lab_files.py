@@ -179,7 +179,10 @@ class FileSystem:
         k = self.kernel
         obj = self.by_ino.get(st.st_ino)
         if obj is not None and obj.alive:
-            self._resize(obj, st.st_size)
+            if st.st_size < obj.size:  # shrank since: no page may stay past the new end
+                self.drop_past(obj, st.st_size)
+            else:
+                self._resize(obj, st.st_size)
             return obj
         try:
             pager = VnodePager(mp, k.page_size, writable=True, name=rel, notify=self.shrunk)
