@@ -117,6 +117,10 @@ def check(kernel, allow_open_upls: bool = False) -> None:
             assert (e.wired_count > 0) == (kind != "pageable"), f"kmem {kind} {e} wiring is off"
             assert e.object is km.object and e.offset == addr - km.map.min_address, \
                 f"kernel_map entry {e} does not map kernel_object at its address"
+    # references held outside maps, entries and shadows: the wiring layer's caches (the file
+    # cache keeps one reference on each file object, as the UBC does), one per object listed
+    for obj in k.external_object_refs():
+        refs[obj.id] += 1
     for ne in k.named_entries:
         if not ne.is_submap:
             assert ne.object.alive, f"named entry {ne} holds dead object"

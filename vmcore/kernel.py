@@ -381,6 +381,12 @@ class Kernel:
             self.wired_acct.sync()
         return t
 
+    def external_object_refs(self):
+        """The objects on which something outside the model's maps, named entries and shadows
+        holds one reference each (vmcore.invariants counts them). The model holds none; the
+        wiring layer's file cache overrides this."""
+        return ()
+
     def make_memory_entry(self, task, addr: int, size: int, prot="rw"):
         """mach_make_memory_entry_64: a named entry for [addr, addr+size) of task's map."""
         from vmcore.memory_entry import make_memory_entry

@@ -171,6 +171,13 @@ class Kernel(_model.Kernel):
                 raise
         return t
 
+    def external_object_refs(self):
+        """The file cache's reference on each live file object (one VM object per vnode, kept
+        after unmap as the UBC keeps it)."""
+        if self.files is None:
+            return ()
+        return [o for o in self.files.by_ino.values() if o.alive]
+
     def file_revalidate(self, path=None) -> None:
         """fstat one mapped file (or all) and drop pages past a new end of file."""
         if self.files is not None:
