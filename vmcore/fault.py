@@ -89,16 +89,9 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     if e is None:
         e = task.map.lookup(addr)
     if e is not None and not e.is_submap:  # the common case, inline
-        if e.protection & (VM_PROT_WRITE if write else VM_PROT_READ) \
-                and not (write and e.needs_copy):
-            top = e.object
-            if top.shadow is None and not top.error_pages:
-                shift = k.page_shift
-                slot = (addr - e.start) >> shift
-                pidx = (e.offset >> shift) + slot
-                if pidx not in top.pages and (top.pager is None or (
-                        top.internal and pidx not in top.existence)):
-                    return _zero_fill_fast(k, task, e, top, slot, pidx, addr, write)
+        f = zero_fill_fast(k, task, e, (addr - e.start) >> k.page_shift, addr, write)
+        if f >= 0:
+            return f
         oe = e
         slot = eslot = (addr - e.start) >> k.page_shift
         prot = e.protection
@@ -199,13 +192,25 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     return f
 
 
-def _zero_fill_fast(k: "Kernel", task, e, top, slot: int, pidx: int, addr: int, write: bool) -> int:
-    """vm_fault's most common case, straight through: a fault on a plain (not submap) entry
-    allowing the access (no copy to resolve), whose object has no shadow, no error pages, and no
-    pager that could hold the page (none yet, or an anonymous one whose existence map is empty),
-    and does not hold the page: a zero fill in that object. Exactly what the general path does
-    for it (same counters, same order of clock ticks, same queue, policy and pmap updates), with
-    the calls inlined and no chain walk. The caller checked every condition above."""
+def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> int:
+    """vm_fault's most common case, straight through, or -1 (and nothing done) when the fault is
+    not that case. `e` is the plain (not submap) map entry holding addr, `slot` addr's page in it.
+
+    The case: the entry allows the access and has no copy to resolve; its object has no shadow,
+    no error pages, and no pager that could hold the page (none yet, or an anonymous one whose
+    existence map lacks it), and does not hold the page: a zero fill in that object. Exactly what
+    the general path does for it (same counters, same order of clock ticks, same queue, policy
+    and pmap updates), with the calls inlined and no chain walk. Task.access calls it directly
+    for a miss (skipping _touch and vm_fault's lookup)."""
+    if not e.protection & (VM_PROT_WRITE if write else VM_PROT_READ) or (write and e.needs_copy):
+        return -1
+    top = e.object
+    if top.shadow is not None or top.error_pages:
+        return -1
+    pidx = (e.offset >> k.page_shift) + slot
+    if pidx in top.pages or (top.pager is not None and (
+            not top.internal or pidx in top.existence)):
+        return -1
     stats = k.stats
     stats.faults += 1
     if k._owns_clock:
@@ -213,7 +218,16 @@ def _zero_fill_fast(k: "Kernel", task, e, top, slot: int, pidx: int, addr: int, 
     pm = k.pm
     pol = k.policy
     if pol is None:
-        f = k.page_grab()
+        # vm_page_grab: the daemon's wake-up test and the reserve check inline; when either
+        # holds, page_grab itself runs (the scan, or the ResourceShortage)
+        free = pm.free
+        n = len(free)
+        d = k.pageout_daemon
+        if n < d.free_min or n <= d.free_reserved or (
+                n < d.free_target and len(pm.inactive) < (len(pm.active) + len(pm.inactive)) // 3):
+            f = k.page_grab()
+        else:
+            f = free.pop()
     else:
         free = pm.free
         if not free:
@@ -453,32 +467,36 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
     return None
 
 
+_B_DEFAULT, _B_RANDOM, _B_SEQUENTIAL, _B_RSEQNTL = (
+    int(Behavior.DEFAULT), int(Behavior.RANDOM), int(Behavior.SEQUENTIAL), int(Behavior.RSEQNTL))
+
+
 def _deactivate_behind(k: "Kernel", e, slot: int) -> None:
     """vm_fault_deactivate_behind (xnu.md 5.2)."""
     b = e.behavior
     last = e.last_slot
     e.last_slot = slot
     target = -1
-    if b == Behavior.RANDOM:
-        e.run = 0
-        return
-    if b == Behavior.SEQUENTIAL:
+    if b == _B_DEFAULT:  # the common case first (module constants: no enum attribute lookups)
         if slot == last + 1:
-            target = slot - 1
-    elif b == Behavior.RSEQNTL:
-        if slot == last - 1:
-            target = slot + 1
-    else:
-        if slot == last + 1:
-            e.run = e.run + 1 if e.run >= 0 else 1
-            if e.run >= VM_DEFAULT_BEHIND:
+            run = e.run = e.run + 1 if e.run >= 0 else 1
+            if run >= VM_DEFAULT_BEHIND:
                 target = slot - VM_DEFAULT_BEHIND
         elif slot == last - 1:
-            e.run = e.run - 1 if e.run <= 0 else -1
-            if -e.run >= VM_DEFAULT_BEHIND:
+            run = e.run = e.run - 1 if e.run <= 0 else -1
+            if -run >= VM_DEFAULT_BEHIND:
                 target = slot + VM_DEFAULT_BEHIND
         else:
             e.run = 0
+    elif b == _B_RANDOM:
+        e.run = 0
+        return
+    elif b == _B_SEQUENTIAL:
+        if slot == last + 1:
+            target = slot - 1
+    elif b == _B_RSEQNTL:
+        if slot == last - 1:
+            target = slot + 1
     pmv = e.pmv
     if 0 <= target < len(pmv):
         f = pmv[target]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from vmcore.errors import ResourceShortage
 from vmcore.pager import PagerResult
-from vmcore.resident import INACTIVE
+from vmcore.resident import ACTIVE, FREE, INACTIVE, WIRED
 from vmcore.types import VM_SUPER_CLUSTER_BYTES
 from vmcore.upl import (
     UPL, UPL_CLEAN_IN_PLACE, UPL_COPYOUT_FROM, UPL_FOR_PAGEOUT, UPL_NOBLOCK, UPL_RET_ONLY_DIRTY,
@@ -286,7 +286,23 @@ class PageoutDaemon:
                 pages = obj.pages
                 if pages.get(p) == v:
                     del pages[p]
-                pm.release(v)
+                if special[v]:
+                    pm.release(v)
+                else:  # pm.release(v), inline for a frame with no busy/absent/precious/... bits
+                    q_mv = pm.q_mv
+                    q = q_mv[v]
+                    if q == ACTIVE:
+                        del pm.active[v]
+                    elif q == INACTIVE:
+                        del pm.inactive[v]
+                    elif q == WIRED:
+                        del pm.wired[v]
+                    q_mv[v] = FREE
+                    pm.ref_mv[v] = False
+                    pm.dirty_mv[v] = False
+                    pm.objid_mv[v] = -1
+                    owner[v] = None
+                    pm.free.append(v)
             k.stats.evictions += 1
             return
         raise ResourceShortage(

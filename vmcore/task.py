@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmcore.errors import InvalidAddress, InvalidArgument, NoSpace, ProtectionFailure, VMError
-from vmcore.fault import resolve_entry, vm_fault, object_copy_slowly
+from vmcore.fault import object_copy_slowly, resolve_entry, vm_fault, zero_fill_fast
 from vmcore.map import VMMap, VMMapEntry
 from vmcore.object import object_deallocate, object_page_remove
 from vmcore.pager import Pager, PagerKind
@@ -449,6 +449,11 @@ class Task:
             warr = warr.astype(np.bool_, copy=False)
             wscalar = False
         k = self.kernel
+        # a plain Task's _touch may be inlined for misses (a subclass's override is always called)
+        plain = type(self)._touch is Task._touch
+        mp = self.map
+        shift = k.page_shift
+        last_e, ver = None, -1
         i = 0
         W = 1024
         while i < n:
@@ -470,7 +475,6 @@ class Task:
             many = 8 * len(bad) >= m
             segl = seg.tolist() if many else None
             wl = wseg.tolist() if many and wseg is not None else None
-            touch = self._touch
             for j in bad:
                 if j > pos:
                     if k.pmap_epoch != epoch:
@@ -478,9 +482,24 @@ class Task:
                         break
                     self._hits(fr[pos:j], wseg[pos:j] if wseg is not None else None, wscalar)
                 if many:
-                    touch(segl[j], wl[j] if wl is not None else wscalar)
+                    a_, w_ = segl[j], (wl[j] if wl is not None else wscalar)
                 else:
-                    touch(int(seg[j]), bool(wseg[j]) if wseg is not None else wscalar)
+                    a_, w_ = int(seg[j]), (bool(wseg[j]) if wseg is not None else wscalar)
+                if plain:
+                    # Task._touch inline, with the entry of the last miss when it still holds a_
+                    # (the map unchanged), and the zero-fill fast path called directly
+                    e = last_e
+                    if e is None or mp.version != ver or not e.start <= a_ < e.end:
+                        e = last_e = mp.lookup(a_)
+                        ver = mp.version
+                    if e is not None and not e.is_submap:
+                        slot = (a_ - e.start) >> shift
+                        f = e.pmv[slot]
+                        if (f < 0 or (w_ and not e.pwv[slot])) \
+                                and zero_fill_fast(k, self, e, slot, a_, w_) >= 0:
+                            pos = j + 1
+                            continue
+                self._touch(a_, w_)
                 pos = j + 1
             if not stale and pos < m and k.pmap_epoch == epoch:
                 self._hits(fr[pos:], wseg[pos:] if wseg is not None else None, wscalar)
