@@ -90,7 +90,7 @@ class PageoutDaemon:
         active, inactive, free = pm.active, pm.inactive, pm.free
         busy, referenced, dirty, precious = pm.busy_mv, pm.ref_mv, pm.dirty_mv, pm.precious_mv
         pv, owner, pidx, wc, tracked = pm.pv, pm.owner, pm.pidx_mv, pm.wc_mv, k.tracked
-        q_mv = pm.q_mv
+        q_mv, objid, special = pm.q_mv, pm.objid_mv, pm.special
         examined = 0
         limit = 3 * (len(active) + len(inactive)) + 16
         try:
@@ -151,9 +151,18 @@ class PageoutDaemon:
                         tracked[f] = False
                         k.ntracked -= 1
                         k.policy.removed(f)
-                    if wc[f]:
-                        k.nwired -= 1
-                    pm.release(f)
+                    if special[f]:
+                        if wc[f]:
+                            k.nwired -= 1
+                        pm.release(f)
+                    else:  # pm.release(f), inline: not wired, no busy/absent/precious/... bits;
+                        del inactive[f]  # f is the inactive head
+                        q_mv[f] = FREE
+                        referenced[f] = False
+                        dirty[f] = False
+                        objid[f] = -1
+                        owner[f] = None
+                        free.append(f)
                     stats.clean_frees += 1
                     freed += 1
                     continue
