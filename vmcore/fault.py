@@ -4,7 +4,11 @@ Owns: `vm_fault(kernel, task, addr, write)` and its helpers: the map lookup (thr
 protection check, resolving needs_copy with a shadow object, the walk down the shadow chain, the
 pagein through the object's pager (one UPL and one pager request per cluster), zero-fill, the
 copy-on-write copy-up, entering the translation in the pmap, deactivate-behind, the counters and the
-fault event.
+fault event; and `zero_fill_fast`, the same outcome for the commonest fault (a zero fill in an
+unshadowed object no pager can hold the page of) without the general path's layers, which
+Task.access calls directly for a miss and vm_fault tries first (it does nothing and returns -1 for
+any other fault). Performance (scripts/bench_vmcore.py): single-frame metadata goes through the
+memoryview aliases of vmcore.resident / vmcore.map, never numpy scalars.
 
 Kinds (each counted, seed 001 "Paging Virtual Memory In", xnu.md 4.3):
   soft       the page is resident in some object of the chain: map it (an inactive page is
