@@ -118,17 +118,9 @@ def _is_vnodefs_trace(head: bytes) -> bool:
 
 def load_trace(path: str, page_size: int, ops: tuple[str, ...] = ("read", "write"), pid: int | None = None):
     """An AccessTrace from a text, .npy or vnodefs trace file."""
-    from vmcore.replay import AccessTrace, TraceError, load
+    from vmcore.replay import AccessTrace, TraceError, load, read_trace_bytes
 
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except FileNotFoundError:
-        raise TraceError(f"trace file {path} does not exist") from None
-    except IsADirectoryError:
-        raise TraceError(f"trace file {path} is a directory") from None
-    except OSError as e:
-        raise TraceError(f"cannot read trace file {path}: {e.strerror or e}") from None
+    head = read_trace_bytes(path, 64)
     if not _is_vnodefs_trace(head):
         if pid is not None:
             raise TraceError(f"--pid applies to vnodefs traces only; {path} is a text or numpy trace")

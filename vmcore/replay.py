@@ -128,10 +128,12 @@ class AccessTrace:
 
 # ---- readers --------------------------------------------------------------------------------------------
 
-def _read_bytes(path: str) -> bytes:
+def read_trace_bytes(path: str, n: int = -1) -> bytes:
+    """The first n bytes (all with n = -1) of a trace file; a missing, directory or unreadable
+    path is a one-line TraceError naming it."""
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            return fh.read(n)
     except FileNotFoundError:
         raise TraceError(f"trace file {path} does not exist") from None
     except IsADirectoryError:
@@ -151,7 +153,7 @@ def _int_token(tok: str) -> int:
 def parse_text(path: str, page_size: int = 4096, *, data: bytes | None = None) -> AccessTrace:
     """Read a text trace (see the module docstring). Offsets are turned into pages of `page_size`."""
     if data is None:
-        data = _read_bytes(path)
+        data = read_trace_bytes(path)
     bare = _COMMENT.sub(b"", data) if b"#" in data else data
     if _PURE_PAGES.fullmatch(bare) and not _ONE_PER_LINE.search(bare):
         # fast path: only page numbers (one per line), comments and blank lines
@@ -236,7 +238,7 @@ def load_npy(path: str) -> AccessTrace:
 
 def load(path: str, page_size: int = 4096) -> AccessTrace:
     """Read a text or .npy trace, telling them apart by content (numpy's magic bytes)."""
-    data = _read_bytes(path)
+    data = read_trace_bytes(path)
     if data.startswith(_NPY_MAGIC):
         return load_npy(path)
     return parse_text(path, page_size, data=data)

@@ -274,19 +274,17 @@ class Passthrough(mfusepy.Operations):
 
     def open(self, path, fi):
         was = self._o_trunc_size(path, fi.flags)
-        fd = self._host_open(path, fi.flags)
-        if was is not None:
-            self.events.setsize(was[0], 0, path)
-        fi.fh = fd
-        self.fid_of_fd[fd] = self.trace.file_id(path)
-        if self.config.cache == "direct":
-            fi.direct_io = 1
-        return 0
+        return self._opened(path, fi, self._host_open(path, fi.flags), was)
 
     def create(self, path, mode, fi):
         was = self._o_trunc_size(path, fi.flags)
         fd = os.open(self.root + path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
                      | os.O_CLOEXEC, mode)
+        return self._opened(path, fi, fd, was)
+
+    def _opened(self, path, fi, fd: int, was) -> int:
+        """open/create's common end: report an O_TRUNC shrink, bind the host fd and its file id
+        to the FUSE handle, set direct I/O in direct mode."""
         if was is not None:
             self.events.setsize(was[0], 0, path)
         fi.fh = fd
