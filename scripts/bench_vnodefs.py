@@ -6,13 +6,19 @@ Prints the median of --reps runs (default 5) of each measurement and the ratio v
                   dropped first (`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root; without it
                   the run says "warm host cache" instead), vnodefs on a fresh `page`-mode mount
   warm-reread     the same read again without dropping caches (page mode keeps the file cached)
+  seq-read, src cached
+                  the same read on a fresh `page`-mode mount with the host file in the host's cache:
+                  what the FUSE path itself carries (three copies: host cache -> daemon -> vnodefs'
+                  cache -> reader) when the device is not the limit
   rand4k-direct   random page-aligned 4 KiB preads (--random-reads, default 20000) through a
                   `direct`-mode mount, host file cached, vs the same preads on the host file:
                   (a) buffered from the host page cache, (b) with O_DIRECT (the device)
   seq-write       sequential 1 MiB writes of a new --size MiB file, then fsync; `page` mode
-  trace overhead  rand4k-direct and a warm 1 MiB sequential direct-mode read with the trace on
-                  vs --no-trace, measured in on/off pairs (median of on/off time - 1), plus the
-                  daemon's CPU time per random read (psutil), which other load disturbs less
+  trace overhead  rand4k-direct and a warm 1 MiB sequential direct-mode read on two mounts of the
+                  same directory side by side, one traced and one --no-trace, in max(11, 2*reps+1)
+                  back-to-back pairs (alternating which goes first); prints the median of the pair
+                  ratios (on/off time - 1) with their quartiles, and the daemons' CPU time per
+                  random read (psutil)
 Targets (issue 2): cold-seq-read >= 0.9x, trace overhead <= 5%, rand4k-direct >= 0.5x.
 This is a measurement, not a test: nothing is asserted. Progress goes to stderr.
 
@@ -101,8 +107,9 @@ class Bench:
         self.root = tempfile.mkdtemp(prefix="vnodefs-bench-", dir=args.dir)
         self.src = os.path.join(self.root, "src")
         self.mnt = os.path.join(self.root, "mnt")
-        os.mkdir(self.src)
-        os.mkdir(self.mnt)
+        self.mnt2 = os.path.join(self.root, "mnt2")
+        for d in (self.src, self.mnt, self.mnt2):
+            os.mkdir(d)
         self.size = args.size * MIB
         self.big = "big.bin"
         self.rows = []
@@ -152,7 +159,7 @@ class Bench:
         can_drop = drop_caches()
         if not can_drop:
             log("cannot drop caches (not root?): 'cold' reads run with a warm host cache")
-        host_cold, vfs_cold, host_warm, vfs_warm = [], [], [], []
+        host_cold, vfs_cold, host_warm, vfs_warm, vfs_pipe = [], [], [], [], []
         for i in range(reps):
             log(f"cold/warm sequential read {i + 1}/{reps}")
             drop_caches()
@@ -163,34 +170,56 @@ class Bench:
             vfs_cold.append(seq_read(vfs_big))
             vfs_warm.append(seq_read(vfs_big))
             self.umount()
+            self.mount("page")  # a fresh mount: vnodefs' cache is empty, the host file is cached
+            vfs_pipe.append(seq_read(vfs_big))
+            self.umount()
         note = "caches dropped" if can_drop else "warm host cache (could not drop caches)"
         self.row("cold-seq-read", host_cold, vfs_cold, nbytes=self.size, note=note)
         self.row("warm-reread", host_warm, vfs_warm, nbytes=self.size, note="page mode, kernel cache kept")
+        self.row("seq-read, src cached", host_warm, vfs_pipe, nbytes=self.size,
+                 note="fresh mount, host file cached: what FUSE itself can carry")
 
-        # random 4 KiB reads and a warm sequential read, direct mode, host file cached; every rep
-        # measures trace on and trace off back to back (pairs), so background load hits both alike
+        # random 4 KiB reads, direct mode, host file cached
         rng = random.Random(1)
         offsets = [rng.randrange(self.size // 4096) * 4096 for _ in range(a.random_reads)]
         seq_read(host_big)  # warm the host cache
-        host_buf, host_dio, vfs_rand, vfs_rand_off, seq_on, seq_off = [], [], [], [], [], []
-        cpu_on, cpu_off = [], []
+        host_buf, host_dio, vfs_rand = [], [], []
         for i in range(reps):
-            log(f"random 4 KiB reads and trace on/off {i + 1}/{reps}")
+            log(f"random 4 KiB reads {i + 1}/{reps}")
             host_buf.append(rand_read(host_big, offsets))
             host_dio.append(rand_read(host_big, offsets, os.O_DIRECT))
-            order = (True, False) if i % 2 == 0 else (False, True)
-            for traced in order:
-                m = self.mount("direct", trace=traced)
-                daemon = psutil.Process(m.pid)
-                c0 = sum(daemon.cpu_times()[:2])
-                r = rand_read(vfs_big, offsets)
-                (cpu_on if traced else cpu_off).append(sum(daemon.cpu_times()[:2]) - c0)
-                q = seq_read(vfs_big)
-                self.umount()
-                (vfs_rand if traced else vfs_rand_off).append(r)
-                (seq_on if traced else seq_off).append(q)
+            self.mount("direct")
+            vfs_rand.append(rand_read(vfs_big, offsets))
+            self.umount()
         self.row("rand4k-direct (a)", host_buf, vfs_rand, nops=len(offsets), note="vs host page cache")
         self.row("rand4k-direct (b)", host_dio, vfs_rand, nops=len(offsets), note="vs host O_DIRECT (device)")
+
+        # trace on vs off: two direct-mode mounts of the same directory side by side, one traced,
+        # one not; each pair runs both back to back (alternating which goes first), so background
+        # load and the machine's drift hit both alike. A single run swings by +-10% here, so the
+        # figure is the median over many pairs, with its spread.
+        npairs = max(11, 2 * reps + 1)
+        on_m = mount(self.src, self.mnt, trace=os.path.join(self.root, "on.vtrace"), cache="direct")
+        try:
+            off_m = mount(self.src, self.mnt2, trace=None, cache="direct")
+            try:
+                on_p, off_p = psutil.Process(on_m.pid), psutil.Process(off_m.pid)
+                rand_on, rand_off, seq_on, seq_off, cpu_on, cpu_off = [], [], [], [], [], []
+                for i in range(npairs):
+                    log(f"trace on/off pair {i + 1}/{npairs}")
+                    for traced in ((True, False) if i % 2 == 0 else (False, True)):
+                        proc, mnt = (on_p, self.mnt) if traced else (off_p, self.mnt2)
+                        c0 = sum(proc.cpu_times()[:2])
+                        r = rand_read(os.path.join(mnt, self.big), offsets)
+                        c = sum(proc.cpu_times()[:2]) - c0
+                        q = seq_read(os.path.join(mnt, self.big))
+                        (rand_on if traced else rand_off).append(r)
+                        (cpu_on if traced else cpu_off).append(c)
+                        (seq_on if traced else seq_off).append(q)
+            finally:
+                off_m.umount()
+        finally:
+            on_m.umount()
 
         # sequential 1 MiB writes (+ fsync), page mode
         host_w, vfs_w = [], []
@@ -209,16 +238,21 @@ class Bench:
         print(f"{'measurement':<20} {'host':>14} {'vnodefs':>14} {'ratio':>6}  note")
         for name, h, v, r, n in self.rows:
             print(f"{name:<20} {h:>14} {v:>14} {r:6.2f}  {n}")
-        pair_r = statistics.median(on / off for on, off in zip(vfs_rand, vfs_rand_off)) - 1
-        pair_s = statistics.median(on / off for on, off in zip(seq_on, seq_off)) - 1
-        print(f"{'trace overhead':<20} rand4k-direct {100 * pair_r:+.1f}% (trace on "
-              f"{len(offsets) / statistics.median(vfs_rand):.0f} op/s, off "
-              f"{len(offsets) / statistics.median(vfs_rand_off):.0f} op/s); warm seq direct read "
-              f"{100 * pair_s:+.1f}% (on {self.size / statistics.median(seq_on) / MIB:.0f}, off "
-              f"{self.size / statistics.median(seq_off) / MIB:.0f} MiB/s); median over on/off pairs")
-        con, coff = statistics.median(cpu_on) / len(offsets), statistics.median(cpu_off) / len(offsets)
+        def spread(on, off):
+            r = sorted(a / b - 1 for a, b in zip(on, off))
+            q = statistics.quantiles(r, n=4)
+            return f"{100 * statistics.median(r):+.1f}% (quartiles {100 * q[0]:+.1f}% .. {100 * q[2]:+.1f}%)"
+        n = len(offsets)
+        print(f"{'trace overhead':<20} rand4k-direct {spread(rand_on, rand_off)}: trace on "
+              f"{1e6 * statistics.median(rand_on) / n:.1f} us, off {1e6 * statistics.median(rand_off) / n:.1f} us "
+              f"per read")
+        print(f"{'':<20} warm seq direct read {spread(seq_on, seq_off)}: on "
+              f"{self.size / statistics.median(seq_on) / MIB:.0f}, off {self.size / statistics.median(seq_off) / MIB:.0f}"
+              f" MiB/s")
+        con, coff = statistics.median(cpu_on) / n, statistics.median(cpu_off) / n
         print(f"{'':<20} daemon CPU per random 4 KiB read: trace on {1e6 * con:.1f} us, off {1e6 * coff:.1f} us "
-              f"({100 * (con / coff - 1):+.1f}%; less sensitive to other load than wall time)")
+              f"({100 * (con / coff - 1):+.1f}%)")
+        print(f"{'':<20} (median over {npairs} on/off pairs on two mounts side by side; quartiles of the pair ratios)")
         print("targets: cold-seq-read >= 0.90, trace overhead <= 5%, rand4k-direct >= 0.50")
 
 

@@ -63,14 +63,15 @@ from vnodefs.latency import LatencyError, parse_latency
 FSTYPE = "fuse.vnodefs"
 READAHEAD_KB = 1024
 #: libfuse worker threads: up to MAX_THREADS serve concurrent requests (a request delayed by the
-#: latency model holds its thread, so concurrent requesters need threads of their own); at most
-#: MAX_IDLE_THREADS stay parked between bursts. The kernel hands each request to the worker that
-#: has waited longest (FIFO), so every parked worker takes its turn: measured on 2 vCPUs, one
-#: process doing random 4 KiB direct reads took 23-25 us per read with 16 parked workers and
-#: 16-18 us with 3-4 (scripts/bench_vnodefs.py). Fewer than 3 makes libfuse start and stop a
-#: thread on most requests whenever two arrive together.
+#: latency model holds its thread, so concurrent requesters need threads of their own), and all
+#: of them stay parked between bursts. Measured on 2 vCPUs: the kernel hands each request to the
+#: worker that has waited longest, so with 16 parked workers one process doing random 4 KiB direct
+#: reads took 23-25 us per read, and 16-18 us with max_idle_threads=4. But libfuse then ends the
+#: surplus workers after each burst, and the Python thread state the dispatcher pins on each
+#: worker (fuseops._pin_thread_state) leaks with it (daemon RSS +0.5 MB per burst of 12 readers);
+#: freeing those states from another thread crashed libpython 3.11. So no worker ever ends.
 MAX_THREADS = 16
-MAX_IDLE_THREADS = 4
+MAX_IDLE_THREADS = MAX_THREADS
 MIB = 1 << 20
 
 
