@@ -358,6 +358,7 @@ _OPEN, _CREATE, _TRUNC, _FALLOC = OPS["open"], OPS["create"], OPS["truncate"], O
 
 
 _tls = threading.local()
+_VIEWS_PER_THREAD = 32  # cached buffer views per worker thread (see _view)
 
 
 def _view(buf, size: int) -> memoryview:
@@ -376,9 +377,6 @@ def _view(buf, size: int) -> memoryview:
             views.clear()
         view = views[addr, size] = memoryview((_char_array * size).from_address(addr)).cast("B")
     return view
-
-
-_VIEWS_PER_THREAD = 32
 
 
 def _read_into(fd: int, buf, size: int, offset: int) -> int:
@@ -516,9 +514,7 @@ class VnodeFUSE(mfusepy.FUSE):
         flags = 0
         offset = length = 0
         fid = 0
-        if op == _OPEN or op == _CREATE:
-            pass
-        else:
+        if op != _OPEN and op != _CREATE:  # open/create learn their file id from the call below
             fip = args[-1]
             if fip:
                 fid = self.fid_of_fd.get(fip.contents.fh, 0)
