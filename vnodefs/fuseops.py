@@ -477,7 +477,7 @@ class VnodeFUSE(mfusepy.FUSE):
                     if self._tracing:
                         ctx = _tls.ctx
                         self._append(self._pack(t0, _mono() - t0, got[1], offset, length, got[0], ctx.pid,
-                                                ctx.uid, fid, op, got[2], 0))
+                                                ctx.uid, fid, op, got[2], 0, -1, -1, 0, 0, 0, 0, 0))
                     return got[0]
             else:
                 pc.invalidate(fid)
@@ -495,7 +495,7 @@ class VnodeFUSE(mfusepy.FUSE):
         if self._tracing:
             ctx = _tls.ctx  # libfuse's per-thread context struct: its address is fixed per thread
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, ctx.pid, ctx.uid, fid, op,
-                                    flags, 0))
+                                    flags, 0, -1, -1, 0, 0, 0, 0, 0))
         return result
 
     def _traced(self, op, func, args):
@@ -540,7 +540,8 @@ class VnodeFUSE(mfusepy.FUSE):
         elif self._pcache is not None and (op == _TRUNC or op == _FALLOC):
             self._pcache.invalidate(fid)
         if self._tracing:
-            self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0))
+            self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0,
+                                    -1, -1, 0, 0, 0, 0, 0))
         return result
 
     # -- zero-copy data path -------------------------------------------------------------------

@@ -8,7 +8,12 @@ codes `OPS` / `OP_NAMES`, `TraceWriter` (used by the FUSE dispatcher, vnodefs.fu
 File layout (little-endian):
 
     MAGIC (8 bytes b"VNODTRC\\0") | version u32 | header_len u32 | header JSON (header_len bytes,
-    padded with spaces so records start at a multiple of 64) | 64-byte records ...
+    padded with spaces so records start at a multiple of the record size) | records ...
+
+Version 2 records are 96 bytes: the 64 bytes of version 1, then where the request went on the
+modelled device (`dev_addr`, `dev_prev`) and how its service time splits (`seek_ns`, `rot_ns`,
+`xfer_ns`; queueing = delay_ns - the three). Version-1 traces (64-byte records) still load: the
+device fields read as absent (-1 / 0).
 
 Every record is either a request (op in OPS) or a file-table chunk (op == OP_PATH = 255) that
 carries up to 48 bytes of a file's path relative to the mount root. A file's path chunks are
@@ -45,8 +50,11 @@ from typing import Iterable
 import numpy as np
 
 MAGIC = b"VNODTRC\0"
-VERSION = 1
-RECORD_SIZE = 64
+VERSION = 2
+#: versions `load` reads (1: 64-byte records without the device fields)
+READABLE_VERSIONS = (1, 2)
+RECORD_SIZE = 96
+RECORD_SIZE_V1 = 64
 PATH_CHUNK = 48
 OP_PATH = 255
 
@@ -66,26 +74,46 @@ OPS: dict[str, int] = {
 #: code -> name
 OP_NAMES: dict[int, str] = {v: k for k, v in OPS.items()}
 
+_V1_NAMES = ["start_ns", "dur_ns", "delay_ns", "offset", "length", "result",
+             "pid", "uid", "file", "op", "flags", "reserved"]
+_V1_FORMATS = ["<i8", "<i8", "<i8", "<i8", "<i8", "<i8", "<i4", "<u4", "<u4", "u1", "u1", "<u2"]
+_V1_OFFSETS = [0, 8, 16, 24, 32, 40, 48, 52, 56, 60, 61, 62]
+#: the device fields of a version-2 record: `dev_addr` byte address on the modelled device of the
+#: request's first byte that needed I/O (-1: no device model, or nothing to read: a hole, past EOF),
+#: `dev_prev` where the device head was before (the end of the previous request it served; -1
+#: unknown), `seek_ns` / `rot_ns` / `xfer_ns` the service time's positioning (seek; access latency
+#: on flash), rotation and transfer parts, `dev_segments` how many device extents it touched
+DEVICE_FIELDS = ("dev_addr", "dev_prev", "seek_ns", "rot_ns", "xfer_ns", "dev_segments")
 RECORD_DTYPE = np.dtype({
-    "names": ["start_ns", "dur_ns", "delay_ns", "offset", "length", "result",
-              "pid", "uid", "file", "op", "flags", "reserved"],
-    "formats": ["<i8", "<i8", "<i8", "<i8", "<i8", "<i8", "<i4", "<u4", "<u4", "u1", "u1", "<u2"],
-    "offsets": [0, 8, 16, 24, 32, 40, 48, 52, 56, 60, 61, 62],
+    "names": _V1_NAMES + list(DEVICE_FIELDS) + ["reserved2"],
+    "formats": _V1_FORMATS + ["<i8", "<i8", "<u4", "<u4", "<u4", "<u2", "<u2"],
+    "offsets": _V1_OFFSETS + [64, 72, 80, 84, 88, 92, 94],
     "itemsize": RECORD_SIZE,
 })
-PATH_DTYPE = np.dtype({
-    "names": ["chunk_bytes", "path_len", "chunk", "file", "op", "flags", "reserved"],
-    "formats": ["S48", "<u4", "<u4", "<u4", "u1", "u1", "<u2"],
-    "offsets": [0, 48, 52, 56, 60, 61, 62],
-    "itemsize": RECORD_SIZE,
-})
+RECORD_DTYPE_V1 = np.dtype({"names": _V1_NAMES, "formats": _V1_FORMATS, "offsets": _V1_OFFSETS,
+                            "itemsize": RECORD_SIZE_V1})
+
+
+def _path_dtype(itemsize: int) -> np.dtype:
+    return np.dtype({
+        "names": ["chunk_bytes", "path_len", "chunk", "file", "op", "flags", "reserved"],
+        "formats": ["S48", "<u4", "<u4", "<u4", "u1", "u1", "<u2"],
+        "offsets": [0, 48, 52, 56, 60, 61, 62],
+        "itemsize": itemsize,
+    })
+
+
+PATH_DTYPE = _path_dtype(RECORD_SIZE)
 PAGES_DTYPE = np.dtype([("t_ns", "<i8"), ("pid", "<i4"), ("op", "u1"), ("file", "<u4"), ("page", "<i8")])
 
 #: flag bits of a request record
-FLAG_SEEK = 1  # the latency model charged a seek (the request did not continue the previous one)
+FLAG_SEEK = 1  # the device head moved: the request did not continue the previous one on the device
+FLAG_ADDR_ESTIMATED = 16  # dev_addr is an estimate (synthetic layout, or bytes not yet allocated)
 
-_REC = struct.Struct("<qqqqqqiIIBBH")
-_PATH = struct.Struct("<48sIIIBBH")
+#: one request record: the 12 version-1 fields, then dev_addr, dev_prev, seek_ns, rot_ns, xfer_ns,
+#: dev_segments, 0
+_REC = struct.Struct("<qqqqqqiIIBBHqqIIIHH")
+_PATH = struct.Struct("<48sIIIBBH32x")
 _PREFIX = struct.Struct("<8sII")
 assert _REC.size == RECORD_SIZE and _PATH.size == RECORD_SIZE
 
@@ -129,7 +157,8 @@ class TraceWriter:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._q: collections.deque[bytes] = collections.deque()
         #: the request path's fast append: `append(pack(start, dur, delay, offset, length, result,
-        #: pid, uid, file, op, flags, 0))` (what record() does, minus a call)
+        #: pid, uid, file, op, flags, 0, dev_addr, dev_prev, seek_ns, rot_ns, xfer_ns, segments, 0))`
+        #: (what record() does, minus a call)
         self.append = self._q.append
         self.pack = _REC.pack
         self._block = max(1, capacity or 16384)  # records per os.write
@@ -169,10 +198,13 @@ class TraceWriter:
 
     # -- records --------------------------------------------------------------------------------
     def record(self, start_ns: int, dur_ns: int, delay_ns: int, offset: int, length: int, result: int,
-               pid: int, uid: int, file: int, op: int, flags: int = 0) -> None:
+               pid: int, uid: int, file: int, op: int, flags: int = 0, dev_addr: int = -1,
+               dev_prev: int = -1, seek_ns: int = 0, rot_ns: int = 0, xfer_ns: int = 0,
+               dev_segments: int = 0) -> None:
         if self.enabled:
             self._q.append(_REC.pack(start_ns, dur_ns, delay_ns, offset, length, result, pid,
-                                     uid & 0xFFFFFFFF, file, op, flags, 0))
+                                     uid & 0xFFFFFFFF, file, op, flags, 0, dev_addr, dev_prev,
+                                     seek_ns, rot_ns, xfer_ns, dev_segments, 0))
 
     def _drain(self) -> None:
         q = self._q
@@ -300,8 +332,9 @@ def read_header(path: str) -> tuple[dict, int]:
             if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
                 raise ValueError(f"{path} is not a vnodefs trace (bad magic)")
             _, version, hlen = _PREFIX.unpack(prefix)
-            if version != VERSION:
-                raise ValueError(f"{path} is a vnodefs trace of version {version}; this vnodefs reads version {VERSION}")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"{path} is a vnodefs trace of version {version}; this vnodefs reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}")
             body = fh.read(hlen)
     except IsADirectoryError:
         raise ValueError(f"{path} is a directory, not a vnodefs trace") from None
@@ -321,13 +354,21 @@ def load(path: str | os.PathLike) -> Trace:
     missing file or one that is not a vnodefs trace; warns (and drops it) for a partial last record."""
     path = os.fspath(path)
     header, start = read_header(path)
+    with open(path, "rb") as fh:
+        version = _PREFIX.unpack(fh.read(_PREFIX.size))[1]
+    rsize = RECORD_SIZE if version >= 2 else RECORD_SIZE_V1
     size = os.path.getsize(path)
-    nrec, tail = divmod(size - start, RECORD_SIZE)
+    nrec, tail = divmod(size - start, rsize)
     truncated = tail != 0
     if truncated:
         warnings.warn(f"{path}: trace is truncated (a crash?): loaded {nrec} whole records, "
                       f"dropped a partial record of {tail} bytes", RuntimeWarning, stacklevel=2)
-    raw = np.fromfile(path, dtype=RECORD_DTYPE, count=nrec, offset=start)
+    if version >= 2:
+        raw = np.fromfile(path, dtype=RECORD_DTYPE, count=nrec, offset=start)
+    else:
+        raw = upgrade_v1(np.fromfile(path, dtype=RECORD_DTYPE_V1, count=nrec, offset=start))
+        header = dict(header)
+        header.setdefault("layout", {"kind": "none", "note": "version-1 trace: no device addresses"})
     is_path = raw["op"] == OP_PATH
     files = _file_table(raw[is_path].view(PATH_DTYPE))
     recs = raw[~is_path]
@@ -335,6 +376,18 @@ def load(path: str | os.PathLike) -> Trace:
     recs = recs[order]
     return Trace(records=recs, files=files, header=header, path=path, truncated=truncated,
                  page_size=int(header.get("page_size", 4096)))
+
+
+def upgrade_v1(raw: np.ndarray) -> np.ndarray:
+    """Version-1 records (RECORD_DTYPE_V1) as version-2 records: the device fields absent
+    (dev_addr / dev_prev -1, times and segments 0); path chunks keep their bytes."""
+    out = np.zeros(raw.size, dtype=RECORD_DTYPE)
+    out.view(np.uint8).reshape(-1, RECORD_SIZE)[:, :RECORD_SIZE_V1] = \
+        raw.view(np.uint8).reshape(-1, RECORD_SIZE_V1)
+    req = raw["op"] != OP_PATH
+    out["dev_addr"][req] = -1
+    out["dev_prev"][req] = -1
+    return out
 
 
 def _file_table(chunks: np.ndarray) -> dict[int, str]:
