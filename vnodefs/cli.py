@@ -127,8 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print the one-screen summary of a vnodefs trace. Definitions: "
                            "requests = read + write requests; pages = pages spanned by reads; sequential = "
                            "fraction of requests that start where the previous one on the same file ended; "
-                           "time blocked = summed durations of data requests (including modelled latency); "
-                           "pid 0 is the kernel.")
+                           "time blocked = summed durations of data requests (including modelled latency), "
+                           "its modelled part split into seek, rotation, transfer (the device model's "
+                           "service time) and queueing (delay minus service); device busy = the time at "
+                           "least one read, write or prefetch was in service on the device (the union of "
+                           "their service intervals); device and layout = the device model and the file "
+                           "layout the trace was taken under ('none' for a version-1 trace); "
+                           "pid 0 is the kernel. JSON keys include time_blocked_s, seek_s, rotation_s, "
+                           "transfer_s, queue_s, device_busy_s, device_model, layout.")
         t.add_argument("trace", metavar="TRACE")
         t.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     from vnodefs.export import add_export_parser

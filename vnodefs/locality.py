@@ -19,6 +19,13 @@ Definitions (also in `vnodefs locality --help`):
                   length in pages is the pages its bytes span.
   seek distance   for a request with a predecessor on its file: (offset - end of that predecessor)
                   / P, in pages, signed (+ forward); 0 exactly = sequential.
+  device seek     a request that moved the modelled device's head (FLAG_SEEK with a device address,
+                  dev_addr >= 0); its distance is |dev_addr - dev_prev| in bytes on the device, and
+                  its seek time seek_ns (+ rot_ns, the rotational latency, on an HDD). Where the
+                  per-file seek distance says how a program jumps within its files, this says how
+                  far the device head travelled (files laid out apart, fragments, other files'
+                  requests in between). vnodefs.devstats computes it; a trace without device
+                  addresses (version 1, or no device model) reports none.
   stack distance  for an access to key k whose previous access was at position p: the number of
                   distinct OTHER keys accessed strictly between p and now (Mattson's LRU stack
                   distance, 0-based); a first access is cold (infinite distance, stored as -1).
@@ -61,6 +68,7 @@ import warnings
 
 import numpy as np
 
+from vnodefs.devstats import DEVICE_OPS, device_breakdown, device_info, seek_distances_bytes
 from vnodefs.summary import _size, sequential_flags
 from vnodefs.trace import OPS, Trace, load
 
@@ -79,6 +87,8 @@ UNITS = {
     "sequential_fraction": "fraction of requests continuing the previous one on their file",
     "run_length": "pages spanned by a run (bins [lo, hi) in pages)",
     "seek_distance": "pages, signed (+ forward), (offset - previous end on the file) / page_size",
+    "device": "device seeks: requests that moved the device head; seek_distance in bytes on the device "
+              "|dev_addr - dev_prev| (non-empty bins [lo, hi) in bytes); seek_s, rotation_s in seconds",
     "reuse_distance": "LRU stack distance: distinct other pages between two accesses to a page "
                       "(bins [lo, hi) in pages); cold = first accesses",
     "mrc": "misses of an LRU cache of cache_pages pages over the page accesses (cold included); "
@@ -363,6 +373,29 @@ def _breakdown(trace: Trace, recs: np.ndarray, pages: np.ndarray, keys: np.ndarr
     return out
 
 
+def _device_section(trace: Trace, recs: np.ndarray) -> dict:
+    """The `device` section of the report: device seeks of the selected requests that reach the
+    device (reads, writes, prefetches), their distances on the device and their seek time."""
+    info = device_info(trace)
+    b = device_breakdown(recs)
+    d = seek_distances_bytes(recs, np.isin(recs["op"], np.asarray(DEVICE_OPS, dtype=np.uint8)))
+    return {
+        "units": "counts; seek_s, rotation_s, service_s in seconds; seek_distance in bytes on the device",
+        "available": b["requests_with_device"] > 0,
+        "trace_version": info["trace_version"],
+        "device_model": info["device_model"],
+        "layout": info["layout"],
+        "requests": b["requests"],
+        "requests_with_device": b["requests_with_device"],
+        "estimated_addresses": b["estimated_addresses"],
+        "seeks": b["seeks"],
+        "seek_s": b["seek_s"],
+        "rotation_s": b["rotation_s"],
+        "service_s": b["service_s"],
+        "seek_distance": {**b["seek_distance"], "bins": [x for x in log2_bins(d, start=0) if x["count"]]},
+    }
+
+
 def analyze(trace: Trace, ops=DEFAULT_OPS, page_size: int | None = None, taus_s=None,
             ws_samples: int = WS_SAMPLES, progress=None) -> dict:
     """Every locality metric of `trace` (requests of the ops `ops`) as a JSON-able dict (see
@@ -405,6 +438,9 @@ def analyze(trace: Trace, ops=DEFAULT_OPS, page_size: int | None = None, taus_s=
     else:
         w, t_s = [np.zeros(0, np.int64) for _ in taus], []
 
+    say("device seeks")
+    device = _device_section(trace, recs)
+
     say("per-process and per-file breakdowns")
     rep = {
         "trace": trace.path,
@@ -443,6 +479,7 @@ def analyze(trace: Trace, ops=DEFAULT_OPS, page_size: int | None = None, taus_s=
             "median_abs_nonzero_pages": float(np.median(np.abs(seeks[seeks != 0]))) if (seeks != 0).any() else 0.0,
             "bins": signed_log2_bins(seeks),
         },
+        "device": device,
         "reuse_distance": {
             "units": "pages (distinct other pages between two accesses to a page)",
             "accesses": n,
@@ -517,6 +554,23 @@ def _coarse_seeks(bins: list[dict]) -> list[str]:
     return out
 
 
+def _device_report(rep: dict) -> list[str]:
+    """The device-seek lines of format_report (one line when the trace has no device addresses)."""
+    dv = rep.get("device")
+    if not dv or not dv["available"]:
+        why = "version-1 trace" if dv and dv.get("trace_version") == 1 else "no device model, or nothing read"
+        return [f"  device seeks  none: the trace has no device addresses ({why})"]
+    sd = dv["seek_distance"]
+    est = f", {dv['estimated_addresses']} addresses estimated" if dv["estimated_addresses"] else ""
+    out = [f"  device seeks  {dv['seeks']} of {dv['requests_with_device']} requests with a device address "
+           f"moved the head ({dv['device_model']}, layout {dv['layout']}{est})",
+           f"    seek time   {dv['seek_s']:.3f} s, rotation {dv['rotation_s']:.3f} s"]
+    if sd["count"]:
+        out[-1] += (f"; distance median {_size(sd['median'])}, p90 {_size(sd['p90'])}, max {_size(sd['max'])} "
+                    f"({sd['count']} seeks from a known position)")
+    return out
+
+
 def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int = 5) -> str:
     L = []
     n = rep["page_accesses"]
@@ -566,6 +620,7 @@ def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int
                  f"backward, {sd['first_on_file']} first on file; median |seek| "
                  f"{sd['median_abs_nonzero_pages']:.0f} pages")
         L.append("    " + "  ".join(parts))
+    L.extend(_device_report(rep))
     if rl["bins"]:
         L.append("  run pages     " + "  ".join(f"{_rng(b['lo'], b['hi'])}:{b['count']}" for b in rl["bins"][:14]))
     ws = rep["working_set"]
@@ -596,7 +651,9 @@ def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int
 
 DESCRIPTION = ("Analyse the locality of a vnodefs trace: requests, bytes, footprint (distinct pages), "
                "sequential fraction (requests that continue the previous one on the same file), run "
-               "lengths and seek distances (pages), LRU stack (reuse) distances and the miss-ratio curve "
+               "lengths and seek distances (pages), device seeks (requests that moved the modelled device's "
+               "head: their count, distance |dev_addr - dev_prev| in bytes on the device and seek time; "
+               "none for a trace without device addresses), LRU stack (reuse) distances and the miss-ratio curve "
                "they imply (misses(C) = cold misses + accesses with stack distance >= C, for every LRU cache "
                "size C in pages), Denning's working-set size W(t, tau) (distinct pages referenced in "
                "(t - tau, t]), and per-process / per-file breakdowns. The page-split trace counts one access "

@@ -15,6 +15,17 @@ Definitions (also in `vnodefs trace --help`):
                   on the same file (the first request on a file is not sequential)
   time_blocked_s  sum of the durations of read/write/fsync/truncate/fallocate requests (each includes
                   its modelled latency, latency_delay_s); the time processes waited for the "disk"
+  seek_s, rotation_s, transfer_s, queue_s
+                  the modelled latency of the reads and writes split by the device model: summed
+                  seek_ns, rot_ns, xfer_ns, and queueing = delay_ns - (seek + rot + xfer) clipped
+                  at 0 (vnodefs.devstats); delay of requests the trace gives no split for (a
+                  version-1 trace) is unsplit_delay_s
+  device_busy_s   the length of the union of the service intervals of reads, writes and prefetch
+                  reads (the device's busy time; below their summed service on a parallel device)
+  device_model, layout
+                  the device model and the layout kind the trace was taken under (its header's
+                  `device.model` and `layout.kind`; "none" for a version-1 trace, "unknown" when a
+                  later header lacks them)
   kernel          pid 0: requests the kernel made on its own (writeback, release)
 """
 
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vnodefs.devstats import device_breakdown, device_info
 from vnodefs.trace import OP_NAMES, OPS, Trace
 
 _RW = (OPS["read"], OPS["write"])
@@ -94,7 +106,10 @@ def summarize(trace: Trace, mask: np.ndarray | None = None) -> dict:
     errors = int((recs["result"] < 0).sum())
     lat = trace.header.get("latency") or {}
     span = (int(recs["start_ns"].max() + 0) - int(recs["start_ns"].min())) / 1e9 if recs.size else 0.0
-    return {
+    dev = device_breakdown(recs)  # reads, writes, prefetch reads: what the device served
+    split = device_breakdown(recs, _RW) if (op == OPS["prefetch"]).any() else dev  # what processes waited
+    info = device_info(trace)
+    out = {
         "trace": trace.path,
         "cache_mode": trace.header.get("cache_mode"),
         "latency": lat.get("model", "none"),
@@ -119,7 +134,24 @@ def summarize(trace: Trace, mask: np.ndarray | None = None) -> dict:
         "files": int(np.unique(recs["file"]).size) if recs.size else 0,
         "span_s": span,
         "by_pid": by_pid,
+        "trace_version": info["trace_version"],
+        "device_model": info["device_model"],
+        "device": info["device"],
+        "layout": info["layout"],
+        "layout_note": info["layout_note"],
+        "seek_s": split["seek_s"],
+        "rotation_s": split["rotation_s"],
+        "transfer_s": split["transfer_s"],
+        "queue_s": split["queue_s"],
+        "unsplit_delay_s": split["unsplit_delay_s"],
+        "device_busy_s": dev["busy_s"],
+        "device_busy_span_s": dev["busy_span_s"],
+        "device_requests": dev["requests"],
+        "requests_with_device": dev["requests_with_device"],
+        "device_seeks": dev["seeks"],
+        "device_seek_distance": dev["seek_distance"],
     }
+    return out
 
 
 def _size(n: float) -> str:
@@ -128,6 +160,29 @@ def _size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _device_lines(s: dict) -> list[str]:
+    """The device-model lines of format_summary (tolerates summaries made before they existed)."""
+    model = s.get("device_model", "unknown")
+    layout = s.get("layout", "unknown")
+    if s.get("trace_version") == 1:
+        where = "none (version-1 trace: no device model, no device addresses)"
+    else:
+        where = f"{model}, layout {layout}"
+    out = [f"  device        {where}"]
+    split = s.get("seek_s", 0) + s.get("rotation_s", 0) + s.get("transfer_s", 0) + s.get("queue_s", 0)
+    if split > 0 or s.get("requests_with_device", 0):
+        out.append(f"    blocked on  seek {s['seek_s']:.3f} s, rotation {s['rotation_s']:.3f} s, transfer "
+                   f"{s['transfer_s']:.3f} s, queueing {s['queue_s']:.3f} s (reads and writes)")
+        span = s.get("device_busy_span_s", 0.0)
+        util = f" ({100 * s['device_busy_s'] / span:.0f}% of its {span:.3f} s)" if span > 0 else ""
+        out.append(f"    device busy {s['device_busy_s']:.3f} s{util}; {s['device_seeks']} seeks over "
+                   f"{s['requests_with_device']} requests with a device address")
+    elif s.get("unsplit_delay_s", 0) > 0:
+        out.append(f"    blocked on  no seek/rotation/transfer split in this trace "
+                   f"({s['unsplit_delay_s']:.3f} s of modelled latency unsplit)")
+    return out
 
 
 def format_summary(s: dict, title: str | None = None, max_pids: int = 6) -> str:
@@ -149,6 +204,7 @@ def format_summary(s: dict, title: str | None = None, max_pids: int = 6) -> str:
                  f"({100 * s['sequential_fraction_read']:.1f}% of reads) continue the previous one on their file")
     lines.append(f"  time blocked  {s['time_blocked_s']:.3f} s in requests "
                  f"({s['latency_delay_s']:.3f} s of it modelled disk latency)")
+    lines.extend(_device_lines(s))
     pids = sorted(s["by_pid"], key=lambda p: -p["requests_all"])
     for p in pids[:max_pids]:
         lines.append(f"  {p['label']:>12}  {p['requests']} read/write, {_size(p['bytes_read'])} read, "
