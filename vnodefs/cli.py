@@ -2,7 +2,8 @@
 
 Owns: the argument parsers, help texts and exit statuses of
 
-    vnodefs mount SOURCE MOUNTPOINT [--trace FILE | --no-trace] [--latency none|ssd|hdd|SEEK_US:MBPS]
+    vnodefs mount SOURCE MOUNTPOINT [--trace FILE | --no-trace] [--latency none|hdd|ssd|nvme|SEEK_US:MBPS]
+                  [--layout auto|fiemap|synthetic]
                   [--cache page|direct] [--read-only] [--foreground]
     vnodefs umount MOUNTPOINT
     vnodefs run SOURCE [mount options] [--json FILE] -- COMMAND [ARGS...]
@@ -44,6 +45,10 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "./vnodefs-<name>-<time>.vtrace in the current directory)")
     p.add_argument("--no-trace", action="store_true", help="record nothing (for overhead measurements)")
     p.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
+    p.add_argument("--layout", default="auto", choices=("auto", "fiemap", "synthetic"),
+                   help="where the device model finds a file's bytes: fiemap (the host file's real "
+                   "extents, FS_IOC_FIEMAP), synthetic (the files of SOURCE end to end in inode order), "
+                   "auto (default: fiemap where the host file system supports it, else synthetic)")
     p.add_argument("--cache", default="page", choices=("page", "direct"), help=CACHE_HELP)
     p.add_argument("--read-only", action="store_true", help="mount read-only")
     p.add_argument("--xattr", action="store_true", help="serve extended attributes too (off by default: "
@@ -172,11 +177,11 @@ def cmd_mount(args) -> int:
     if note:
         print(f"vnodefs mount: {note}", file=sys.stderr)
     try:
-        validate(args.source, args.mountpoint, trace, args.latency, args.cache)
+        validate(args.source, args.mountpoint, trace, args.latency, args.cache, args.layout)
         if args.foreground:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
                       "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
-                      "xattr": args.xattr}
+                      "xattr": args.xattr, "layout": args.layout}
 
             def ready(msg):
                 print(f"vnodefs: mounted {args.source} on {args.mountpoint} (foreground; Ctrl-C or "
@@ -184,12 +189,13 @@ def cmd_mount(args) -> int:
 
             return serve(config, ready=ready)
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
-                  read_only=args.read_only, xattr=args.xattr)
+                  read_only=args.read_only, xattr=args.xattr, layout=args.layout)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
-    print(f"vnodefs: mounted {m.source} on {m.mountpoint} (daemon pid {m.pid}, cache {m.cache}, latency "
-          f"{m.latency}, readahead {ra} KiB)", file=sys.stderr)
+    lay = (m.info.get("layout") or {}).get("kind", "none")
+    print(f"vnodefs: mounted {m.source} on {m.mountpoint} (daemon pid {m.pid}, cache {m.cache}, device "
+          f"{m.latency}, layout {lay}, readahead {ra} KiB)", file=sys.stderr)
     print(f"vnodefs: trace: {trace or 'none (--no-trace)'}", file=sys.stderr)
     return 0
 
@@ -234,7 +240,7 @@ def cmd_run(args, command: list[str]) -> int:
         return _cmd_run_profile(args, command, trace)
     try:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
-                                      read_only=args.read_only, xattr=args.xattr)
+                                      read_only=args.read_only, xattr=args.xattr, layout=args.layout)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127
@@ -265,7 +271,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
                                      read_only=args.read_only, xattr=args.xattr,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
-                                     drop_cache=not args.no_drop_cache,
+                                     drop_cache=not args.no_drop_cache, layout=args.layout,
                                      log=lambda m: print(m, file=sys.stderr, flush=True))
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Owns: `Passthrough` (mfusepy Operations: every file-system operation on the host directory, as
 plain os calls that raise OSError), `VnodeFUSE` (an mfusepy.FUSE whose dispatcher `_wrapper`
 is the ONE choke point every kernel request passes through: it times the request, applies the
-latency model, records read/write/truncate/fsync/open/create/release/flush/fallocate in the trace,
+device model (vnodefs.layout finds where the bytes lie, vnodefs.devqueue waits for the device), records read/write/truncate/fsync/open/create/release/flush/fallocate in the trace,
 and is the only place where OSError becomes -errno), and `FsConfig`.
 
 Who calls it: vnodefs.mount (the daemon process builds a Passthrough and runs VnodeFUSE in the
@@ -55,8 +55,10 @@ from dataclasses import dataclass, field
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
 
-from vnodefs.latency import LatencyModel, LatencySpec  # noqa: E402
-from vnodefs.trace import FLAG_SEEK, OPS, TraceWriter  # noqa: E402
+from vnodefs.devqueue import NOTHING as _NO_IO  # noqa: E402
+from vnodefs.latency import NONE as _NO_DEVICE  # noqa: E402
+from vnodefs.latency import LatencySpec  # noqa: E402
+from vnodefs.trace import FLAG_ADDR_ESTIMATED, FLAG_SEEK, OPS, TraceWriter  # noqa: E402
 
 log = logging.getLogger("vnodefs")
 
@@ -69,7 +71,6 @@ _HOST_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | getattr(os, "
 
 _get_ctx = mfusepy._libfuse.fuse_get_context
 _mono = time.monotonic_ns
-_sleep = time.sleep
 _char_array = ctypes.c_char
 _addressof = ctypes.addressof
 
@@ -82,7 +83,7 @@ class FsConfig:
     xattr: bool = False  # serve extended attributes (costs a getxattr round trip per write)
     max_read: int = MIB
     max_write: int = MIB
-    latency: LatencySpec = field(default_factory=lambda: LatencySpec("none", 0.0, 0.0))
+    latency: LatencySpec = field(default_factory=lambda: _NO_DEVICE)
 
 
 _RENAME_EXCHANGE = 2
@@ -417,20 +418,21 @@ def _neg_errno(e: OSError) -> int:
 
 
 class VnodeFUSE(mfusepy.FUSE):
-    """mfusepy.FUSE with vnodefs' dispatcher. Construct with (ops, mountpoint, latency=, **options);
-    like mfusepy.FUSE, the constructor runs the file system until it is unmounted."""
+    """mfusepy.FUSE with vnodefs' dispatcher. Construct with (ops, mountpoint, device=, layout=,
+    **options): `device` a vnodefs.devqueue.Device (None: no device model), `layout` the
+    vnodefs.layout.Layout its addresses come from. Like mfusepy.FUSE, the constructor runs the file
+    system until it is unmounted."""
 
-    def __init__(self, operations: Passthrough, mountpoint: str, latency: LatencyModel, pcache=None,
+    def __init__(self, operations: Passthrough, mountpoint: str, device=None, layout=None, pcache=None,
                  **kwargs):
         self.trace = operations.trace
-        self.latency = latency
+        self.device = device
+        self.layout = layout
         self.fid_of_fd = operations.fid_of_fd
         #: vnodefs.prefetch.PrefetchCache (strategy `cache` of `vnodefs run --profile`) or None
         self._pcache = pcache
         self._tracing = self.trace.enabled
-        self._plain = not self._tracing and not latency.active and pcache is None  # nothing to do: just call
-        self._heads = latency.heads
-        self._lat_active = latency.active
+        self._plain = not self._tracing and device is None and pcache is None  # nothing to do: just call
         self._append, self._pack = self.trace.append, self.trace.pack
         super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
 
@@ -462,7 +464,7 @@ class VnodeFUSE(mfusepy.FUSE):
             return -errno.EFAULT
 
     def _traced_rw(self, op, path, buf, length, offset, fip):
-        """read/write with the trace or the latency model on: the per-request hot path, inline."""
+        """read/write with the trace or the device model on: the per-request hot path, inline."""
         t0 = _mono()
         fd = fip.contents.fh
         fid = self.fid_of_fd.get(fd, 0)
@@ -472,30 +474,39 @@ class VnodeFUSE(mfusepy.FUSE):
                 try:
                     got = pc.serve(fid, fd, buf, length, offset)
                 except OSError as e:
-                    got = (_neg_errno(e), 0, 0)
+                    got = (_neg_errno(e), 0, 0, _NO_IO)
                 if got is not None:
                     if self._tracing:
                         ctx = _tls.ctx
+                        sv = got[3]
                         self._append(self._pack(t0, _mono() - t0, got[1], offset, length, got[0], ctx.pid,
-                                                ctx.uid, fid, op, got[2], 0, -1, -1, 0, 0, 0, 0, 0))
+                                                ctx.uid, fid, op, got[2], 0, sv.dev_addr, sv.dev_prev, sv.seek_ns,
+                                                sv.rot_ns, sv.xfer_ns, sv.segments, 0))
                     return got[0]
             else:
                 pc.invalidate(fid)
-        heads = self._heads  # LatencyModel.charge, inlined
-        flags = 0 if heads.get(fid) == offset else FLAG_SEEK
-        heads[fid] = offset + length
-        delay = 0
-        if self._lat_active:
-            delay = self.latency.wait_ns(flags, length)
-            _sleep(delay / 1e9)
+        dev = self.device
+        if dev is not None:  # the device model: where the bytes lie, and the wait for them
+            try:
+                segs, est = self.layout.segments(fd, offset, length, op == _WRITE)
+            except OSError:
+                segs, est = (), False
+            ticket = dev.start(segs, op == _WRITE)
         try:
             result = _read_into(fd, buf, length, offset) if op == _READ else _write_from(fd, buf, length, offset)
         except OSError as e:
             result = _neg_errno(e)
+        if dev is not None:  # the reply leaves when the modelled device has served the request
+            sv = dev.finish(ticket)
+            delay = sv.delay_ns
+            flags = (FLAG_SEEK if sv.seeked else 0) | (FLAG_ADDR_ESTIMATED if est and segs else 0)
+        else:
+            sv, delay, flags = _NO_IO, 0, 0
         if self._tracing:
             ctx = _tls.ctx  # libfuse's per-thread context struct: its address is fixed per thread
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, ctx.pid, ctx.uid, fid, op,
-                                    flags, 0, -1, -1, 0, 0, 0, 0, 0))
+                                    flags, 0, sv.dev_addr, sv.dev_prev, sv.seek_ns, sv.rot_ns, sv.xfer_ns,
+                                    sv.segments, 0))
         return result
 
     def _traced(self, op, func, args):

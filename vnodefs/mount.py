@@ -174,18 +174,27 @@ def _remove_quietly(path: str) -> None:
 
 # ---- input validation ---------------------------------------------------------------------------
 
-def validate(source: str, mountpoint: str, trace: str | None, latency: str | None, cache: str) -> None:
+def validate(source: str, mountpoint: str, trace: str | None, latency: str | None, cache: str,
+             layout: str = "auto") -> None:
     """Raise MountError (one line) for any bad input of `vnodefs mount`; touch nothing."""
+    from vnodefs.layout import MODES as LAYOUTS
+    from vnodefs.layout import probe_fiemap
+
     if cache not in ("page", "direct"):
         raise MountError(f"unknown cache mode {cache!r}: use page or direct")
     try:
-        parse_latency(latency)
+        spec = parse_latency(latency)
     except LatencyError as e:
         raise MountError(str(e)) from None
+    if layout not in LAYOUTS:
+        raise MountError(f"unknown layout {layout!r}: use {', '.join(LAYOUTS)}")
     if not os.path.exists(source):
         raise MountError(f"source {source} does not exist")
     if not os.path.isdir(source):
         raise MountError(f"source {source} is not a directory")
+    if spec.active and layout == "fiemap" and probe_fiemap(source) is False:
+        raise MountError(f"--layout fiemap: the file system of {source} does not support FIEMAP "
+                         f"(use --layout synthetic, or auto to fall back by itself)")
     if find_mount(mountpoint) is not None:
         raise MountError(f"mount point {mountpoint} is already a mount point")
     if not os.path.exists(mountpoint):
@@ -230,7 +239,7 @@ class Mount:
     cache: str
     latency: str
     pid: int
-    info: dict  # the daemon's ready message (header facts: readahead_kb, bdi, ...)
+    info: dict  # the daemon's ready message (header facts: readahead_kb, bdi, layout, ...)
     proc: subprocess.Popen | None = None
 
     def umount(self, timeout: float = 30.0) -> None:
@@ -245,15 +254,16 @@ class Mount:
 
 def mount(source: str, mountpoint: str, trace: str | None = None, latency: str | None = "none",
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
-          extra: dict | None = None) -> Mount:
+          extra: dict | None = None, layout: str = "auto") -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
-    `trace=None` means no trace. Raises MountError (one line); on failure nothing stays mounted."""
-    validate(source, mountpoint, trace, latency, cache)
+    `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
+    from (vnodefs.layout). Raises MountError (one line); on failure nothing stays mounted."""
+    validate(source, mountpoint, trace, latency, cache, layout)
     mnt = os.path.realpath(mountpoint)
     config = {"source": os.path.realpath(source), "mountpoint": mnt,
               "trace": os.path.abspath(trace) if trace else None, "cache": cache,
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
-              **(extra or {})}
+              "layout": layout, **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -393,7 +403,7 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 @contextlib.contextmanager
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
-            extra: dict | None = None):
+            extra: dict | None = None, layout: str = "auto"):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -401,7 +411,7 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
         tmp = mountpoint = tempfile.mkdtemp(prefix="vnodefs-mnt-")
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
-                  xattr=xattr, extra=extra)
+                  xattr=xattr, extra=extra, layout=layout)
         try:
             yield m
         finally:
@@ -449,8 +459,9 @@ def serve(config: dict, ready=None) -> int:
     import mfusepy
 
     from vnodefs.fuseops import FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
-    from vnodefs.latency import LatencyModel
-    from vnodefs.trace import OPS, TraceWriter
+    from vnodefs.devqueue import Device
+    from vnodefs.layout import LayoutError, choose
+    from vnodefs.trace import OPS, RECORD_SIZE, VERSION, TraceWriter
 
     start_mono, start_unix = time.monotonic_ns(), time.time_ns()
     mnt = config["mountpoint"]
@@ -469,7 +480,14 @@ def serve(config: dict, ready=None) -> int:
             print(f"vnodefs: mount failed: cannot use the file events channel: {e}", file=sys.stderr,
                   flush=True)
             return 1
-    lat_model = LatencyModel(spec)
+    device = layout = None
+    if spec.active:
+        try:
+            layout = choose(fsconf.source, config.get("layout") or "auto")
+        except LayoutError as e:
+            print(f"vnodefs: mount failed: {e}", file=sys.stderr, flush=True)
+            return 1
+        device = Device(spec, address_span=layout.span)
     pcache = None
     if config.get("prefetch"):  # `vnodefs run --profile APP --prefetch cache`: the playlist file
         from vnodefs.prefetch import PrefetchCache
@@ -481,15 +499,17 @@ def serve(config: dict, ready=None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"vnodefs: mount failed: cannot read the prefetch playlist: {e}", file=sys.stderr, flush=True)
             return 1
-        pcache = PrefetchCache(fsconf.source, extents, writer, lat_model,
+        pcache = PrefetchCache(fsconf.source, extents, writer, device, layout,
                                page_size=int(pf.get("page_size", os.sysconf("SC_PAGE_SIZE"))),
                                wait_s=float(pf.get("wait_s", 10.0)))
     header = {
-        "format": "vnodefs-trace", "version": 1, "record_size": 64, "clock": "CLOCK_MONOTONIC",
+        "format": "vnodefs-trace", "version": VERSION, "record_size": RECORD_SIZE, "clock": "CLOCK_MONOTONIC",
         "source": fsconf.source, "mountpoint": mnt, "cache_mode": fsconf.cache,
         "trace_holds": "page-cache misses (kernel page cache on, libfuse auto_cache)" if fsconf.cache == "page"
         else "every read and write (direct_io on every open)",
-        "latency": spec.describe(), "max_read": fsconf.max_read, "max_write": fsconf.max_write,
+        "latency": spec.describe(), "device": spec.describe(),
+        "layout": layout.describe() if layout is not None else {"kind": "none", "note": "no device model"},
+        "max_read": fsconf.max_read, "max_write": fsconf.max_write,
         "readahead_kb": None, "page_size": os.sysconf("SC_PAGE_SIZE"),
         "start_monotonic_ns": start_mono, "start_unix_ns": start_unix,
         "start_time": _dt.datetime.fromtimestamp(start_unix / 1e9).astimezone().isoformat(timespec="seconds"),
@@ -531,7 +551,7 @@ def serve(config: dict, ready=None) -> int:
                 json.dump(state, fh)
             os.replace(tmp, state_path(mnt))
             msg = {"ready": True, "pid": os.getpid(), "bdi": m[1], "readahead_kb": now,
-                   "trace": config.get("trace")}
+                   "trace": config.get("trace"), "device": header["device"], "layout": header["layout"]}
             if ready is not None:
                 ready(msg)
         except Exception as e:  # report and stop the mount: a half-ready mount is worse than none
@@ -548,7 +568,7 @@ def serve(config: dict, ready=None) -> int:
         options["ro"] = True
     status = 0
     try:
-        VnodeFUSE(ops, mnt, latency=lat_model, pcache=pcache, **options)
+        VnodeFUSE(ops, mnt, device=device, layout=layout, pcache=pcache, **options)
     except RuntimeError as e:
         if header.get("bdi") is not None:  # it was mounted: libfuse reports a signal-ended loop as 8
             print(f"vnodefs: stopped by a signal (libfuse status {e}); unmounted, trace flushed",

@@ -41,6 +41,7 @@ import os
 import threading
 import time
 
+from vnodefs.devqueue import NOTHING as _NOTHING
 from vnodefs.trace import OPS
 
 #: trace op code of a prefetch read made by the daemon
@@ -110,6 +111,47 @@ def plan_extents(pages_by_file: dict, source: str, page_size: int, max_gap: int 
         total += ln
     info["bytes"] = total
     info["extents"] = len(out)
+    return out, info
+
+
+def order_by_device(extents, source: str, layout, max_request: int = 256 * 4096) -> tuple[list, dict]:
+    """The playlist in device order, as BootCache's playlist and ureadahead on a rotational disk
+    read it: every extent cut where its bytes change device extent (vnodefs.layout), the pieces of
+    all files sorted by device address, and neighbours of one file that continue each other both
+    in the file and on the device merged back (up to `max_request` bytes). Holes drop out (they
+    cost no I/O). Returns (extents [(path, offset, length)], info)."""
+    pieces = []
+    info = {"order": "device", "layout": layout.kind, "unmapped": 0}
+    by_path: dict[str, list] = {}
+    for path, off, ln in extents:
+        by_path.setdefault(path, []).append((off, ln))
+    for path, exts in by_path.items():
+        try:
+            fd = os.open(os.path.join(source, path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            info["unmapped"] += len(exts)
+            continue
+        try:
+            st = os.fstat(fd)
+            for off, ln in exts:
+                for foff, addr, n in layout.pieces(fd, off, ln, st):
+                    pieces.append((addr, path, foff, n))
+        except OSError:
+            info["unmapped"] += len(exts)
+        finally:
+            os.close(fd)
+    pieces.sort()
+    out: list = []
+    last = None  # (path, file end, device end) of out[-1]
+    for addr, path, foff, n in pieces:
+        if last is not None and last == (path, foff, addr) and out[-1][2] + n <= max_request:
+            p, o, m = out[-1]
+            out[-1] = (p, o, m + n)
+        else:
+            out.append((path, foff, n))
+        last = (path, foff + n, addr + n)
+    info["extents"] = len(out)
+    info["bytes"] = sum(e[2] for e in out)
     return out, info
 
 
@@ -208,10 +250,10 @@ class PrefetchCache:
     """The daemon's private prefetch cache (see the module docstring). Built by vnodefs.mount.serve
     from the config's playlist, started once the mount is ready, consulted by the dispatcher."""
 
-    def __init__(self, source: str, extents, trace, latency, page_size: int = 4096, wait_s: float = 10.0):
+    def __init__(self, source: str, extents, trace, device, layout, page_size: int = 4096, wait_s: float = 10.0):
         self.root = os.path.realpath(source)
         self.trace = trace
-        self.latency = latency
+        self.device, self.layout = device, layout
         self.ps = page_size
         self.wait_s = wait_s
         self.pid, self.uid = os.getpid(), os.getuid()
@@ -227,6 +269,7 @@ class PrefetchCache:
                 self.pages.setdefault(k, e)
             self.by_fid.setdefault(fid, []).extend(keys)
         self._stop = threading.Event()
+        self._claim = threading.Lock()  # the prefetcher and demand reads claim queued extents under it
         self._thread: threading.Thread | None = None
         self.done = threading.Event()
 
@@ -243,16 +286,12 @@ class PrefetchCache:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from vnodefs.trace import FLAG_SEEK
-
         fds: dict[str, int] = {}
-        heads = self.latency.heads
-        mono = time.monotonic_ns
         try:
             for e in self.extents:
                 if self._stop.is_set():
                     break
-                if e.state != _QUEUED:
+                if not self._take(e):  # a demand read took it over, or it was invalidated
                     continue
                 fd = fds.get(e.path)
                 if fd is None:
@@ -262,28 +301,46 @@ class PrefetchCache:
                         e.state = _DONE
                         e.event.set()
                         continue
-                e.state = _INFLIGHT
-                t0 = mono()
-                seek = heads.get(e.fid) != e.offset
-                heads[e.fid] = e.offset + e.length
-                delay = self.latency.wait_ns(seek, e.length) if self.latency.active else 0
-                if delay:
-                    time.sleep(delay / 1e9)
-                try:
-                    data = os.pread(fd, e.length, e.offset)
-                    result = len(data)
-                except OSError as err:
-                    data, result = b"", -(err.errno or 5)
-                if e.state == _INFLIGHT:  # not invalidated meanwhile
-                    e.data = data
-                    e.state = _DONE
-                e.event.set()
-                self.trace.record(t0, mono() - t0, delay, e.offset, e.length, result, self.pid, self.uid,
-                                  e.fid, OP_PREFETCH, FLAG_SEEK if seek else 0)
+                self._fetch(e, fd, self.pid, self.uid, OP_PREFETCH)
         finally:
             for fd in fds.values():
                 os.close(fd)
             self.done.set()
+
+    def _fetch(self, e: "_Extent", fd: int, pid: int, uid: int, op: int) -> None:
+        """Read extent `e` from the host file into the cache through the device (one trace record
+        of op `op`); the caller has taken it (`_take`)."""
+        from vnodefs.trace import FLAG_ADDR_ESTIMATED, FLAG_SEEK
+
+        t0 = time.monotonic_ns()
+        sv, est = _NOTHING, False
+        if self.device is not None:
+            try:
+                segs, est = self.layout.segments(fd, e.offset, e.length)
+            except OSError:
+                segs = []
+            sv = self.device.submit(segs)
+        try:
+            data = os.pread(fd, e.length, e.offset)
+            result = len(data)
+        except OSError as err:
+            data, result = b"", -(err.errno or 5)
+        if e.state == _INFLIGHT:  # not invalidated meanwhile
+            e.data = data
+            e.state = _DONE
+        e.event.set()
+        flags = (FLAG_SEEK if sv.seeked else 0) | (FLAG_ADDR_ESTIMATED if est and sv.segments else 0)
+        self.trace.record(t0, time.monotonic_ns() - t0, sv.delay_ns, e.offset, e.length, result, pid, uid,
+                          e.fid, op, flags, sv.dev_addr, sv.dev_prev, sv.seek_ns, sv.rot_ns, sv.xfer_ns,
+                          sv.segments)
+
+    def _take(self, e: "_Extent") -> bool:
+        """Claim a queued extent for fetching (the prefetcher or a demand read: exactly one wins)."""
+        with self._claim:
+            if e.state != _QUEUED:
+                return False
+            e.state = _INFLIGHT
+            return True
 
     def invalidate(self, fid: int) -> None:
         """A write/truncate on file `fid`: its cached pages are no longer the file's."""
@@ -297,8 +354,11 @@ class PrefetchCache:
                 e.state = _DONE
 
     def serve(self, fid: int, fd: int, buf, size: int, offset: int):
-        """(result, delay_ns, flags) for a read the cache is involved in, or None when no page of
-        it is in the playlist (the dispatcher then reads as usual)."""
+        """(result, delay_ns, flags, vnodefs.devqueue.Served) for a read the cache is involved in, or
+        None when no page of it is in the playlist (the dispatcher then reads as usual). A read
+        that needs an extent the prefetcher has not started yet fetches that extent itself (one
+        device request, recorded as a prefetch record with the daemon's pid), so no byte is read
+        from the device twice."""
         if size <= 0:
             return None
         ps = self.ps
@@ -308,8 +368,15 @@ class PrefetchCache:
         if not any(exts):
             return None
         flags = 0
+        seen = set()
         for e in exts:
-            if e is not None and e.state == _INFLIGHT:
+            if e is None or id(e) in seen:
+                continue
+            seen.add(id(e))
+            if e.state == _QUEUED and self._take(e):  # not started: this read fetches it now, once
+                self._fetch(e, fd, self.pid, self.uid, OP_PREFETCH)
+                continue
+            if e.state == _INFLIGHT:
                 flags |= FLAG_PF_WAIT
                 e.event.wait(self.wait_s)
         missing = [first + i for i, e in enumerate(exts) if e is None or e.state != _DONE or not e.data]
@@ -327,18 +394,17 @@ class PrefetchCache:
                 pos += len(chunk)
                 if pos < pend:
                     break  # the cached data ends here (end of file)
-            return pos - offset, 0, flags | FLAG_PF_HIT
+            return pos - offset, 0, flags | FLAG_PF_HIT, _NOTHING
         # partly cached: read the request from the host, charge the missing pages only
-        lat = self.latency
-        delay = 0
-        if lat.active:
+        sv = _NOTHING
+        if self.device is not None:
             moff = max(offset, missing[0] * ps)
             mlen = min(offset + size, (missing[-1] + 1) * ps) - moff
-            nbytes = min(len(missing) * ps, mlen)
-            seek = lat.heads.get(fid) != moff
-            lat.heads[fid] = moff + mlen
-            delay = lat.wait_ns(seek, nbytes)
-            time.sleep(delay / 1e9)
+            try:
+                segs, _est = self.layout.segments(fd, moff, mlen)
+            except OSError:
+                segs = []
+            sv = self.device.submit(segs)
         got = os.preadv(fd, [view], offset)
         while 0 < got < size:
             n = os.preadv(fd, [view[got:]], offset + got)
@@ -347,7 +413,7 @@ class PrefetchCache:
             got += n
         if len(missing) < len(exts):
             flags |= FLAG_PF_PARTIAL
-        return got, delay, flags
+        return got, sv.delay_ns, flags, sv
 
 
 # ---- strategies `read` and `fadvise`: prefetch through the mount, from the run process ----------

@@ -47,7 +47,7 @@ import numpy as np
 from vnodefs.latency import LatencyError, parse_latency
 from vnodefs.mount import MountError
 from vnodefs.prefetch import (FLAG_PF_HIT, OP_PREFETCH, STRATEGIES, HostPrefetcher, auto_gap, drop_host_cache,
-                              extent_pages, plan_extents, playlist_file)
+                              extent_pages, order_by_device, plan_extents, playlist_file)
 from vnodefs.run import CommandNotFound, run_command
 from vnodefs.trace import OPS, load
 
@@ -146,7 +146,7 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
                strategy: str = "cache", record: bool = False, window: float | None = None,
                min_count: int = 1, latency: str = "none", cache: str = "page", read_only: bool = False,
                xattr: bool = False, prefetch_max_mib: float | None = None, gap="auto",
-               drop_cache: bool = True, log=lambda msg: None) -> tuple[int, dict]:
+               drop_cache: bool = True, log=lambda msg: None, layout: str = "auto") -> tuple[int, dict]:
     """One `vnodefs run --profile` (see the module docstring). Raises SeedingError / MountError /
     CommandNotFound (one line) on bad input; nothing is left mounted."""
     from swapd.profiles import AppProfileStore, AppProfileTreeError
@@ -183,6 +183,16 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
         max_bytes = None if prefetch_max_mib is None else int(prefetch_max_mib * (1 << 20))
         extents, plan = plan_extents(prof.pages_by_file(), os.path.realpath(source), ps, max_gap=gap_pages,
                                      max_bytes=max_bytes)
+        plan["order"] = "file"
+        if spec.active:  # one device: read the launch's blocks in device order, across files
+            from vnodefs.layout import LayoutError, choose
+
+            try:
+                lay = choose(os.path.realpath(source), layout)
+            except LayoutError as e:
+                raise SeedingError(str(e)) from None
+            extents, order = order_by_device(extents, os.path.realpath(source), lay)
+            plan.update(order="device", layout=lay.kind, extents=order["extents"], bytes=order["bytes"])
         log(f"vnodefs run: seeding {app} from {profile_path} ({prof.npages} pages, {prof.launches} launch(es)): "
             f"{plan['extents']} requests, {plan['bytes'] / (1 << 20):.1f} MiB, strategy {strategy}")
     host = drop_host_cache(source) if drop_cache else {"files": 0, "failed": 0, "method": None,
@@ -220,7 +230,7 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
             extra = {"prefetch": {"playlist": pl, "page_size": ps}}
         status, summary = run_command(source, command, trace, latency=latency, cache=cache, read_only=read_only,
                                       xattr=xattr, log=log, extra=extra, on_start=on_start,
-                                      after_exit=after_exit, command_mask=command_mask)
+                                      after_exit=after_exit, command_mask=command_mask, layout=layout)
 
     tr = load(trace)
     recs = tr.records

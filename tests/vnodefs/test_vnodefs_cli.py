@@ -140,8 +140,8 @@ def test_bad_input_one_line_nonzero_nothing_mounted(tmp_path, vcli, case):
     expect = {
         "source-missing": "does not exist", "source-not-dir": "not a directory", "mnt-missing": "does not exist",
         "mnt-not-empty": "not empty", "mnt-not-dir": "not a directory", "trace-unwritable": "cannot write trace",
-        "trace-dir-missing": "cannot write trace", "latency-unknown": "unknown latency preset 'floppy'",
-        "latency-bad-custom": "bad latency", "no-fuse-device": "fuse3", "no-fuse-library": "libfuse3-3",
+        "trace-dir-missing": "cannot write trace", "latency-unknown": "unknown device model 'floppy'",
+        "latency-bad-custom": "bad device model", "no-fuse-device": "fuse3", "no-fuse-library": "libfuse3-3",
         "no-fusermount": "fuse3",
     }[case]
     if case == "source-missing":
@@ -237,4 +237,6 @@ def test_help_on_every_command(vcli):
         rc, out, err = vcli(*cmd, "--help")
         assert rc == 0 and "usage" in out.lower()
     rc, out, err = vcli("mount", "--help")
-    assert "hdd (8 ms seek + 120 MB/s)" in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert "hdd (7200 rpm 1 TB desktop drive: seek 1.0 ms track-to-track / 8.5 ms average / 17 ms" in flat
+    assert "--layout" in flat
