@@ -24,8 +24,8 @@ service. `busy_ns` sums service times (for flash, where requests overlap, the tr
 intervals give the busy time; see vnodefs.devstats).
 
 Invariants: `head` is the end address of the last request served; the device's free time only
-moves forward; every submitted request is dispatched exactly once (hdd: by the thread that
-finishes the request before it, under the lock).
+moves forward; every submitted request is dispatched exactly once (hdd: by the device's
+dispatcher thread, under the lock, once the device is free).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class Device:
         self.head = -1
         self._free_at = 0  # hdd / flat: when the device finishes its current request
         self._last_write = True  # the previous request was a write (no read-ahead after it)
-        self._busy = False  # hdd: a request is in service (its thread dispatches the next)
+        self._cond = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None  # hdd: the dispatcher (started on first use)
         self._pending: list[_Waiter] = []
         k = max(1, spec.parallelism)
         self._chan = [0] * k  # flash: when each channel is free
@@ -132,11 +133,11 @@ class Device:
         w = _Waiter(arrive, segments, write)
         with self._lock:
             if self.elevator:
-                if not self._busy:
-                    self._busy = True
-                    self._dispatch(w, max(arrive, self._free_at))
-                else:
-                    self._pending.append(w)
+                self._pending.append(w)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve_loop, name="vnodefs-device", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
                 return w
             seek, rot, xfer, seeked, prev = self._charge(segments, max(arrive, self._free_at), write)
             service = seek + rot + xfer
@@ -162,21 +163,29 @@ class Device:
         if w is None:
             return NOTHING
         if self.elevator:
-            if w.served is None:
-                w.event.wait()
-            self._wait_until(w.end)
-            with self._lock:  # this request is done: the device takes the next one
-                nxt = self._pick(w.end)
-                if nxt is None:
-                    self._busy = False
-                else:
-                    self._dispatch(nxt, max(nxt.arrive, w.end))
-                    nxt.event.set()
-        else:
-            self._wait_until(w.end)
+            w.event.wait()
+        self._wait_until(w.end)
         s = w.served
         s.delay_ns = w.end - w.arrive
         return s
+
+    def _serve_loop(self) -> None:
+        """The hdd's dispatcher: when the device is free, pick the next waiting request
+        (mq-deadline), fix its start and end in virtual time, and release its requester (who
+        sleeps until the end). Waiting until the device is free before choosing lets the requests
+        that arrive meanwhile take part in the choice."""
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._pending:
+                    cond.wait()
+                now = _mono()
+                if self._sleep and now < self._free_at:
+                    cond.wait((self._free_at - now) / 1e9)
+                    continue
+                w = self._pick(max(now, self._free_at))
+                self._dispatch(w, max(w.arrive, self._free_at))
+            w.event.set()
 
     def _dispatch(self, w: _Waiter, start: int) -> None:
         seek, rot, xfer, seeked, prev = self._charge(w.segments, start, w.write)

@@ -52,6 +52,9 @@ FLAG_PF_WAIT = 4
 FLAG_PF_PARTIAL = 8
 
 STRATEGIES = ("cache", "read", "fadvise", "off")
+#: requests a prefetcher keeps in flight at once (as ureadahead fires its whole list at once and
+#: lets the elevator order it); 16 = the mount's FUSE worker threads
+PREFETCH_DEPTH = 16
 MIB = 1 << 20
 _QUEUED, _INFLIGHT, _DONE = 0, 1, 2
 
@@ -250,8 +253,10 @@ class PrefetchCache:
     """The daemon's private prefetch cache (see the module docstring). Built by vnodefs.mount.serve
     from the config's playlist, started once the mount is ready, consulted by the dispatcher."""
 
-    def __init__(self, source: str, extents, trace, device, layout, page_size: int = 4096, wait_s: float = 10.0):
+    def __init__(self, source: str, extents, trace, device, layout, page_size: int = 4096, wait_s: float = 10.0,
+                 depth: int | None = None):
         self.root = os.path.realpath(source)
+        self.depth = PREFETCH_DEPTH if depth is None else int(depth)
         self.trace = trace
         self.device, self.layout = device, layout
         self.ps = page_size
@@ -286,25 +291,45 @@ class PrefetchCache:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        """Read the playlist with `depth` requests in flight (threads taking extents in playlist
+        order), so the device's elevator sweeps it in address order."""
         fds: dict[str, int] = {}
-        try:
-            for e in self.extents:
-                if self._stop.is_set():
-                    break
+        lock = threading.Lock()
+        nxt = iter(self.extents)
+
+        def worker():
+            while not self._stop.is_set():
+                with lock:
+                    e = next(nxt, None)
+                if e is None:
+                    return
                 if not self._take(e):  # a demand read took it over, or it was invalidated
                     continue
-                fd = fds.get(e.path)
-                if fd is None:
-                    try:
-                        fd = fds[e.path] = os.open(os.path.join(self.root, e.path), os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError:
-                        e.state = _DONE
-                        e.event.set()
-                        continue
+                with lock:
+                    fd = fds.get(e.path)
+                    if fd is None:
+                        try:
+                            fd = fds[e.path] = os.open(os.path.join(self.root, e.path), os.O_RDONLY | os.O_CLOEXEC)
+                        except OSError:
+                            fd = fds[e.path] = -1
+                if fd < 0:
+                    e.state = _DONE
+                    e.event.set()
+                    continue
                 self._fetch(e, fd, self.pid, self.uid, OP_PREFETCH)
+
+        try:
+            workers = [threading.Thread(target=worker, name=f"vnodefs-prefetch-{k}", daemon=True)
+                       for k in range(max(1, self.depth) - 1)]
+            for t in workers:
+                t.start()
+            worker()
+            for t in workers:
+                t.join()
         finally:
             for fd in fds.values():
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             self.done.set()
 
     def _fetch(self, e: "_Extent", fd: int, pid: int, uid: int, op: int) -> None:
@@ -424,8 +449,14 @@ class HostPrefetcher(threading.Thread):
     thread id FUSE sees as the requester), `log` [(path, offset, length, t0_ns, t1_ns)],
     `landed` {path: set(pages)}, `errors`, `t_start_ns`, `t_end_ns`."""
 
-    def __init__(self, mnt: str, extents, strategy: str, page_size: int = 4096, settle_s: float = 2.0):
+    def __init__(self, mnt: str, extents, strategy: str, page_size: int = 4096, settle_s: float = 2.0,
+                 depth: int | None = None):
         super().__init__(name=f"vnodefs-prefetch-{strategy}", daemon=True)
+        #: requests kept in flight at once (threads): a deep queue lets the device's elevator
+        #: sweep the playlist in address order with the command's own reads slotted in
+        self.depth = PREFETCH_DEPTH if depth is None else int(depth)
+        #: every thread id the prefetch reads come from (FUSE sees them as the requester)
+        self.tids: set = set()
         if strategy not in ("read", "fadvise"):
             raise ValueError(f"HostPrefetcher strategy {strategy!r}: use read or fadvise")
         self.mnt, self.extents, self.strategy, self.ps = mnt, list(extents), strategy, page_size
@@ -439,20 +470,33 @@ class HostPrefetcher(threading.Thread):
 
     def run(self) -> None:
         self.tid = threading.get_native_id()
-        self.ready.set()
         self.t_start_ns = time.monotonic_ns()
         fds: dict[str, int] = {}
+        lock = threading.Lock()
+        nxt = iter(range(len(self.extents)))
         lib = _lib()
-        try:
-            for path, off, ln in self.extents:
+
+        def fd_of(path):
+            with lock:
                 fd = fds.get(path)
                 if fd is None:
                     try:
                         fd = fds[path] = os.open(os.path.join(self.mnt, path), os.O_RDONLY | os.O_CLOEXEC)
                     except OSError as e:
                         self.errors.append(f"{path}: {e.strerror}")
-                        fds[path] = -1
-                        continue
+                        fd = fds[path] = -1
+                return fd
+
+        def worker():
+            with lock:
+                self.tids.add(threading.get_native_id())
+            while True:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    return
+                path, off, ln = self.extents[i]
+                fd = fd_of(path)
                 if fd < 0:
                     continue
                 t0 = time.monotonic_ns()
@@ -470,9 +514,21 @@ class HostPrefetcher(threading.Thread):
                 except OSError as e:
                     self.errors.append(f"{path}: {e.strerror}")
                 self.log.append((path, off, ln, t0, time.monotonic_ns()))
+
+        try:
+            workers = [threading.Thread(target=worker, name=f"vnodefs-prefetch-{self.strategy}-{k}", daemon=True)
+                       for k in range(max(1, self.depth) - 1)]
+            for t in workers:
+                t.start()
+            self.tids.add(self.tid)
+            self.ready.set()
+            worker()
+            for t in workers:
+                t.join()
             self.t_end_ns = time.monotonic_ns()
             self._measure(fds)
         finally:
+            self.ready.set()
             for fd in fds.values():
                 if fd >= 0:
                     os.close(fd)

@@ -217,8 +217,8 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
     def command_mask(tr):
         m = tr.records["op"] != OP_PREFETCH
         hp = helper.get("hp")
-        if hp is not None and hp.tid is not None:
-            m &= tr.records["pid"] != hp.tid
+        if hp is not None and hp.tids:
+            m &= ~np.isin(tr.records["pid"], np.array(sorted(hp.tids), dtype=np.int64))
         return m
 
     import contextlib
@@ -274,7 +274,7 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
         est_touched = set(touched) | {(path, int(pg)) for path, pages in prof.pages_by_file().items()
                                       for pg in pages.tolist()}
         used = len(prefetched & est_touched)
-        hrecs = recs[recs["pid"] == hp.tid] if hp.tid is not None else recs[:0]
+        hrecs = recs[np.isin(recs["pid"], np.array(sorted(hp.tids), dtype=np.int64))] if hp.tids else recs[:0]
         hdata = hrecs[hrecs["op"] == OPS["read"]]
         pf.update(used=used, wasted=len(prefetched) - used, late=late, prefetched=len(prefetched),
                   missed=len(set(touched) - prefetched),
