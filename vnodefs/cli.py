@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--var", default="var", metavar="DIR", help="the VAR directory of the profile tree (default: var)")
     g.add_argument("--prefetch", choices=("cache", "read", "fadvise", "off"), default=None,
                    help="how a seeded run prefetches: cache (default; BootCache-style: the daemon reads the "
-                   "profile's extents in large sorted requests into a private cache from mount time and serves "
-                   "the command's reads from it; works in direct mode too), read (a helper reads the extents "
+                   "profile's extents, sorted by device address across all files and coalesced, 16 requests in "
+                   "flight, into a private cache from mount time and serves the command's reads from it; a read "
+                   "of an extent not fetched yet fetches it at once; works in direct mode too), read (a helper reads the extents "
                    "through the mount so they land in the kernel page cache; page mode), fadvise "
                    "(posix_fadvise WILLNEED + readahead(2) on the mount's files; page mode), off (a cold run "
                    "that keeps the profile)")
@@ -263,11 +264,11 @@ def cmd_run(args, command: list[str]) -> int:
 def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
     from vnodefs.mount import MountError
     from vnodefs.run import CommandNotFound
-    from vnodefs.seeding import format_report, run_seeded
+    from vnodefs.seeding import DEFAULT_STRATEGY, format_report, run_seeded
 
     try:
         status, summary = run_seeded(args.source, command, args.profile, trace, var=args.var,
-                                     strategy=args.prefetch or "cache", record=args.record, window=args.window,
+                                     strategy=args.prefetch or DEFAULT_STRATEGY, record=args.record, window=args.window,
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
                                      read_only=args.read_only, xattr=args.xattr,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,

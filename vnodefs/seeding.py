@@ -52,6 +52,11 @@ from vnodefs.run import CommandNotFound, run_command
 from vnodefs.trace import OPS, load
 
 
+#: the prefetch strategy `vnodefs run --profile` and `vmcore experiment seeding` use unless told:
+#: measured fastest (2000 small files under hdd: cold 11.6 s, cache 1.6 s, read 2.5 s, fadvise 2.4 s)
+DEFAULT_STRATEGY = "cache"
+
+
 class SeedingError(MountError):
     """Bad input of `vnodefs run --profile` (one line); nothing was mounted."""
 
@@ -143,7 +148,7 @@ def _first_touch(tr, recs) -> dict:
 
 
 def run_seeded(source: str, command: list[str], app: str, trace: str | None, var: str = "var",
-               strategy: str = "cache", record: bool = False, window: float | None = None,
+               strategy: str = DEFAULT_STRATEGY, record: bool = False, window: float | None = None,
                min_count: int = 1, latency: str = "none", cache: str = "page", read_only: bool = False,
                xattr: bool = False, prefetch_max_mib: float | None = None, gap="auto",
                drop_cache: bool = True, log=lambda msg: None, layout: str = "auto") -> tuple[int, dict]:
@@ -309,7 +314,13 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
         recorded_pages = new.npages
     else:
         recorded_pages = 0
+    from vnodefs.devstats import DEVICE_OPS, device_breakdown
+
+    dev = device_breakdown(recs[np.isin(recs["op"], np.array(DEVICE_OPS, np.uint8))])
     summary.update({
+        "device_run": {k: dev[k] for k in ("requests", "requests_with_device", "seeks", "seek_s", "rotation_s",
+                                           "transfer_s", "service_s", "queue_s", "busy_s")},
+        "plan": {k: plan.get(k) for k in ("order", "layout", "extents", "bytes")} if plan else None,
         "blocking_requests": int(blocking.size),
         "blocked_s": float(blocking["dur_ns"].sum()) / 1e9,
         "prefetch": pf,
@@ -345,6 +356,12 @@ def format_report(s: dict) -> str:
                      f"{pf['bytes'] / (1 << 20):.1f} MiB in {pf['time_s']:.3f} s; {pf['pages_landed']} pages landed")
         lines.append(f"  pages         prefetched {pf['prefetched']}: used {pf['used']}, wasted {pf['wasted']}, "
                      f"late {pf['late']}; missed (read, not prefetched) {pf['missed']}{est}")
+    d = s.get("device_run")
+    if d and d.get("requests_with_device"):
+        lines.append(f"  device        {s.get('device_model', '?')}, layout {s.get('layout', '?')}: busy "
+                     f"{d['busy_s']:.3f} s for the command and the prefetcher ({d['requests_with_device']} "
+                     f"requests, {d['seeks']} seeks: seek {d['seek_s']:.3f} s, rotation {d['rotation_s']:.3f} s, "
+                     f"transfer {d['transfer_s']:.3f} s; queueing {d['queue_s']:.3f} s)")
     lines.append(f"  profile       {pr['path']}: {pr['action']}"
                  + (f", {pr['recorded_pages']} pages" if pr["action"] == "recorded" else ""))
     lines.append(f"  trace         {s['trace']}")

@@ -31,14 +31,15 @@ def _force_unmount(mnt: str) -> None:
 def vmount(tmp_path):
     made = []
 
-    def make(cache="page", latency="none", trace=True, read_only=False, name="m", xattr=False):
+    def make(cache="page", latency="none", trace=True, read_only=False, name="m", xattr=False, layout="auto"):
         src = tmp_path / f"{name}-src"
         mnt = tmp_path / f"{name}-mnt"
         src.mkdir(exist_ok=True)
         mnt.mkdir(exist_ok=True)
         tpath = str(tmp_path / f"{name}.vtrace") if trace else None
         made.append(str(mnt))
-        m = mount(str(src), str(mnt), trace=tpath, latency=latency, cache=cache, read_only=read_only, xattr=xattr)
+        m = mount(str(src), str(mnt), trace=tpath, latency=latency, cache=cache, read_only=read_only, xattr=xattr,
+                  layout=layout)
         m.src = str(src)
         m.trace_path = tpath
         return m
