@@ -16,8 +16,9 @@ WorkingSetRecorder and to the faulting task's PrefetchScoreboard) and does, per
      pages seen in >= merge_min launches when merging was asked (`profile_merge_min` / merge_min);
   4. a profile and seed="eager": before the task runs, the profiled file pages that are not
      resident are sorted and coalesced (holes of up to `seed_max_gap` pages bridged, runs of at most
-     MAX_UPL_TRANSFER pages) and each run is brought in by vmcore.prefetch.object_prefetch as one
-     pager request (one vnodefs read);
+     MAX_UPL_TRANSFER pages), put in device-address order when the mount has a device model (the
+     order the vnodefs playlist uses), and each run is brought in by
+     vmcore.prefetch.object_prefetch as one pager request (one vnodefs read);
      seed="lazy": a LazySeeder; the first touch of a page in a 32-page frame (of a file, or of the
      address space for anonymous pages) first prefetches that frame's profiled pages (file: one
      request spanning them, minus resident pages; anonymous: the pages still in swap, from the
@@ -67,6 +68,7 @@ class LaunchProfiles:
         if isinstance(seed_max_gap, bool) or not isinstance(seed_max_gap, int) or seed_max_gap < 0:
             raise InvalidArgument(f"seed_max_gap {seed_max_gap!r} must be a non-negative integer")
         self.seed_max_gap = seed_max_gap
+        self._layout = None  # vnodefs.layout.Layout of the mount's source, for device order
         try:
             self.rec = WorkingSetRecorder(fs.resolve, window_s=window_s, on_profile=self._save)
         except ValueError as e:
@@ -208,9 +210,42 @@ class LaunchProfiles:
                 want[path] = pages
                 objs[path] = obj
         total = 0
-        for path, first, n in coalesce(want, max_gap=self.seed_max_gap):
+        for path, first, n in self._device_order(coalesce(want, max_gap=self.seed_max_gap)):
             total += self._prefetch(t, objs[path], path, first, n)
         return total
+
+    def _device_order(self, runs) -> list:
+        """The runs in the order of their first byte's address on the mount's modelled device (as
+        the daemon's playlist is), so one seeded launch sweeps the disk once; file order when the
+        mount has no device model."""
+        from vnodefs.latency import parse_latency
+        from vnodefs.layout import LayoutError, choose
+
+        runs = list(runs)
+        if not parse_latency(self.fs.latency).active:
+            return runs
+        if self._layout is None:
+            try:
+                self._layout = choose(self.fs.source)
+            except LayoutError:
+                return runs
+        ps = self.kernel.page_size
+        keys = {}
+        for path in {r[0] for r in runs}:
+            try:
+                fd = os.open(os.path.join(self.fs.source, path), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                for r in runs:
+                    if r[0] == path:
+                        keys[r] = self._layout.address(fd, r[1] * ps)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        far = 1 << 62
+        return sorted(runs, key=lambda r: (keys.get(r) if keys.get(r) is not None else far, r))
 
     def lazy_touch(self, t, addr: int) -> int:
         """Lazy seeding before the access at addr (called by FileTask._touch on a miss)."""
