@@ -8,6 +8,7 @@ asked; merging keeps pages seen in >= min_count launches; a changed executable i
 import os
 import random
 
+import numpy as np
 import pytest
 
 from vmcore import Kernel
@@ -190,3 +191,56 @@ def test_merge_asked_records_seeded_launches(world, tmp_path):
     counts = dict(zip(((f, int(p)) for f, pages in prof.pages_by_file().items() for p in pages),
                       prof.entries["count"][prof.entries["file"] != 0xFFFFFFFF].tolist()))
     assert max(counts.values()) == 3  # bin/app pages 0..11 are touched by every launch
+
+
+def test_eager_seeding_reads_in_device_order(tmp_path):
+    """With a device model, an eager seeded launch issues its reads in ascending device address
+    across files: the files of one directory, written in the reverse of their name order, lie on
+    the disk in reverse name order, and the seeding sweep reads them that way."""
+    from vnodefs.layout import choose
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {"app": 32, "d1": 64, "d2": 64, "d3": 64}  # pages
+    rnd = random.Random(5)
+    for name in sorted(files, reverse=True):
+        with open(src / name, "wb") as fh:
+            fh.write(rnd.randbytes(files[name] * PS))
+            fh.flush()
+            os.fsync(fh.fileno())
+    lay = choose(str(src))
+    first_addr = {}
+    for name in files:
+        fd = os.open(src / name, os.O_RDONLY)
+        try:
+            first_addr[name] = min(a for _o, a, _n in lay.pieces(fd, 0, files[name] * PS))
+        finally:
+            os.close(fd)
+    disk_order = sorted(files, key=first_addr.get)
+    if disk_order == sorted(files):
+        pytest.skip("the host file system placed the files in name order; nothing to tell apart")
+    var = tmp_path / "var"
+    rng = random.Random(2)
+    plan = [(f, p) for f in files for p in rng.sample(range(files[f]), 10)]
+    rng.shuffle(plan)
+    for i in range(2):  # cold (records), then eager seeded
+        trace = tmp_path / f"d{i}.trace"
+        with Kernel(memory="32MiB", files=src, var=var, trace=trace, latency="nvme") as k:
+            t = k.task_create(executable="app", seed="eager")
+            base = {f: t.vm_map_file(f, prot="r", shared=False) for f in files}
+            for f, p in plan:
+                t.read(base[f] + p * PS, 8)
+            t.terminate()
+    tr = vtrace.load(trace)
+    assert tr.header["device"]["model"] == "nvme"
+    reads = tr.records[tr.op_mask("read")]
+    reads = reads[reads["dev_addr"] >= 0]
+    # the seeding runs come first, before the task runs: one upward sweep of the device
+    down = np.flatnonzero(np.diff(reads["dev_addr"]) < 0)
+    seeding = reads[:int(down[0]) + 1] if down.size else reads
+    seen = []
+    for f in seeding["file"].tolist():
+        if tr.files[f] not in seen:
+            seen.append(tr.files[f])
+    assert seen == disk_order, (seen, first_addr)
+    assert not our_mounts()
