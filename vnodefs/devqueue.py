@@ -30,6 +30,7 @@ dispatcher thread, under the lock, once the device is free).
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class Device:
         self._thread: threading.Thread | None = None  # hdd: the dispatcher (started on first use)
         self._pending: list[_Waiter] = []
         k = max(1, spec.parallelism)
-        self._chan = [0] * k  # flash: when each channel is free
+        self._chan = [0] * k  # flash: when each channel is free (a heap)
         self._link = 0  # flash: when the link finishes its current transfer
         self.busy_ns = 0
         self.requests = 0
@@ -142,11 +143,10 @@ class Device:
             seek, rot, xfer, seeked, prev = self._charge(segments, max(arrive, self._free_at), write)
             service = seek + rot + xfer
             if self.spec.kind == "flash":
-                i = min(range(len(self._chan)), key=self._chan.__getitem__)
-                start = max(arrive, self._chan[i])
+                start = max(arrive, self._chan[0])  # the channel free soonest (a min-heap)
                 end = max(start + seek, self._link) + xfer
                 self._link = end
-                self._chan[i] = end
+                heapq.heapreplace(self._chan, end)
             else:
                 start = max(arrive, self._free_at)
                 end = start + service
