@@ -140,7 +140,7 @@ def test_ctrl_c_tears_down(tmp_path, tmpdir_env):
 @pytest.mark.parametrize("args, says", [
     (["--workload", "nosuch"], "unknown workload 'nosuch'"),
     (["--runs", "0"], "--runs 0"),
-    (["--latency", "floppy"], "unknown latency preset 'floppy'"),
+    (["--latency", "floppy"], "unknown device model 'floppy'"),
     (["--size", "huge"], "unknown size 'huge'"),
     (["--prefetch", "psychic"], "unknown prefetch strategy"),
 ])
