@@ -57,6 +57,15 @@ class Served:
 
 
 NOTHING = Served(0, -1, -1, 0, 0, 0, 0, False)
+_U32 = (1 << 32) - 1
+_U16 = (1 << 16) - 1
+
+
+def _served(segments, prev, seek, rot, xfer, seeked) -> Served:
+    """A Served whose parts fit the trace's fields (u32 ns: a part past 4.29 s saturates there;
+    delay_ns, an i64, stays exact)."""
+    return Served(0, segments[0][0], prev, min(seek, _U32), min(rot, _U32), min(xfer, _U32),
+                  min(len(segments), _U16), seeked)
 
 
 class _Waiter:
@@ -154,7 +163,7 @@ class Device:
             self.busy_ns += service
             self.requests += 1
         w.end = end
-        w.served = Served(0, segments[0][0], prev, seek, rot, xfer, len(segments), seeked)
+        w.served = _served(segments, prev, seek, rot, xfer, seeked)
         return w
 
     def finish(self, w) -> Served:
@@ -194,7 +203,7 @@ class Device:
         self._free_at = w.end
         self.busy_ns += service
         self.requests += 1
-        w.served = Served(0, w.segments[0][0], prev, seek, rot, xfer, len(w.segments), seeked)
+        w.served = _served(w.segments, prev, seek, rot, xfer, seeked)
 
     def _pick(self, now: int) -> _Waiter | None:
         """mq-deadline's choice among the waiting requests (under the lock)."""
