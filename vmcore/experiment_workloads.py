@@ -22,8 +22,16 @@ task's "executable" for the model-side run).
     {mnt}/lib first on sys.path, imports the set, and exits 4 unless every imported module of the
     set (and every module loaded from any copied file) has its `__file__` inside the mount.
 
-Sizes (`small` for CI, `default`, `large`): the database size and the number of lookups; the
-pyimport set is the same at every size (it is a launch: its size is the program's).
+  * `manyfiles`: SOURCE/plugins/ holds 40 packages of small generated modules (1-12 KB of source
+    each, 2000 at the default size) with their bytecode; the driver, run as `python -S -B`, imports
+    them all in a seeded order (a runtime loading its plugins, as a compiler loads headers): about
+    2000 files read, each a few KB. Sources and bytecode are written in shuffled orders, so the
+    order on disk is neither the directory order nor the import order. It exits 5 unless every
+    module came from the mount.
+
+Sizes (`small` for CI, `default`, `large`): the database size and the number of lookups, and the
+number of manyfiles modules (400, 2000, 4000); the pyimport set is the same at every size (it is a
+launch: its size is the program's).
 
 Invariants: the same seed and size give byte-identical databases and key lists (so a profile
 recorded on one run applies to the next); nothing under SOURCE is written while a workload runs.
@@ -231,6 +239,98 @@ def build_pyimport(source: str, size: str, seed: int) -> dict:
     return {"lib": "lib", "imports": len(names), "extensions": len(exts), "files": nfiles, "bytes": nbytes}
 
 
+# ---- manyfiles ----------------------------------------------------------------------------------------
+
+#: size name -> number of plugin modules of the manyfiles launch
+MANYFILES_COUNT = {"small": 400, "default": 2000, "large": 4000}
+MANYFILES_PACKAGES = 40
+
+MANY_DRIVER = r'''"""manyfiles workload driver (written by vmcore experiment): a runtime whose launch loads
+its {n} small plugin modules (compiled bytecode) from the mount, in its own dependency order."""
+import importlib, os, sys
+root = os.path.join(sys.argv[1], "plugins")
+sys.path[:0] = [root]
+ORDER = {order!r}
+prefix = os.path.realpath(root) + os.sep
+bad = []
+acc = 0
+for name in ORDER:
+    m = importlib.import_module(name)
+    f = os.path.realpath(str(getattr(m, "__file__", None) or "?"))
+    if not f.startswith(prefix) or getattr(m, "NAME", None) != name:
+        bad.append(name)
+        continue
+    acc = (acc * 31 + m.VALUE) & 0xFFFFFFFF
+if bad:
+    print("manyfiles_app: NOT loaded from the mount (or wrong module): " + ", ".join(bad[:10]), file=sys.stderr)
+    sys.exit(5)
+print(f"manyfiles_app: {{len(ORDER)}} modules ok, checksum {{acc:08x}}")
+'''
+
+
+def _plugin_source(rnd: random.Random, name: str, deps: list[str]) -> str:
+    """A small module (1-12 KB of source): a constant, a table, a few functions, imports of deps."""
+    lines = [f'"""plugin {name} (generated)."""']
+    lines += [f"import {d}" for d in deps]
+    lines.append(f"NAME = {name!r}")
+    lines.append(f"VALUE = {rnd.randrange(1 << 30)}")
+    target = rnd.randint(1000, 12000)
+    k = 0
+    while sum(len(x) + 1 for x in lines) < target:
+        if k % 3 == 0:
+            vals = ", ".join(str(rnd.randrange(1 << 20)) for _ in range(rnd.randint(8, 40)))
+            lines.append(f"TABLE_{k} = ({vals},)")
+        else:
+            a, b = rnd.randrange(1, 97), rnd.randrange(1, 89)
+            lines.append(f"def f_{k}(x, y={b}):\n    \"\"\"step {k} of {name}.\"\"\"\n"
+                         f"    return (x * {a} + y) % {rnd.randrange(1000, 100000)}")
+        k += 1
+    return "\n".join(lines) + "\n"
+
+
+def build_manyfiles(source: str, size: str, seed: int) -> dict:
+    """SOURCE/plugins/pNN/mMMMM.py (+ __pycache__ bytecode, written in a shuffled order so the
+    on-disk order differs from the import order) and SOURCE/bin/manyfiles_app.py."""
+    import importlib.util
+    import py_compile
+
+    n = MANYFILES_COUNT[size]
+    rnd = random.Random(seed * 7919 + 11)
+    root = os.path.join(source, "plugins")
+    os.makedirs(os.path.join(source, "bin"), exist_ok=True)
+    names = [f"p{i % MANYFILES_PACKAGES:02d}.m{i:04d}" for i in range(n)]
+    order = names[:]
+    rnd.shuffle(order)  # the launch's import order
+    pos = {nm: i for i, nm in enumerate(order)}
+    files = []
+    for pkg in sorted({nm.split(".")[0] for nm in names}):
+        d = os.path.join(root, pkg)
+        os.makedirs(d, exist_ok=True)
+        files.append((os.path.join(d, "__init__.py"), f'"""plugin package {pkg}."""\n'))
+    for nm in names:
+        earlier = [o for o in order[:pos[nm]][-50:]]  # deps already loaded by then: no extra I/O order
+        deps = rnd.sample(earlier, min(len(earlier), rnd.randint(0, 3)))
+        pkg, mod = nm.split(".")
+        files.append((os.path.join(root, pkg, mod + ".py"), _plugin_source(rnd, nm, deps)))
+    rnd.shuffle(files)  # creation order != directory order != import order
+    for path, text in files:
+        with open(path, "w") as fh:
+            fh.write(text)
+    compile_order = [p for p, _t in files]
+    rnd.shuffle(compile_order)
+    for path in compile_order:  # bytecode beside the sources, in yet another order
+        py_compile.compile(path, cfile=importlib.util.cache_from_source(path), doraise=True)
+    with open(os.path.join(source, "bin", "manyfiles_app.py"), "w") as fh:
+        fh.write(MANY_DRIVER.format(n=n, order=order))
+    os.sync()  # allocate the files' blocks now, so their extents are real
+    nfiles = nbytes = 0
+    for dirpath, _dirs, fs in os.walk(root):
+        for f in fs:
+            nfiles += 1
+            nbytes += os.path.getsize(os.path.join(dirpath, f))
+    return {"plugins": n, "packages": MANYFILES_PACKAGES, "files": nfiles, "bytes": nbytes}
+
+
 # ---- the table ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -253,6 +353,8 @@ WORKLOADS: dict[str, Workload] = {
                        build_sqlite, "bin/sqlite_app.py"),
     "pyimport": Workload("pyimport", "python -S -B importing a stdlib set from {mnt}/lib",
                          build_pyimport, "bin/pyimport_app.py"),
+    "manyfiles": Workload("manyfiles", "python -S -B loading ~2000 small plugin modules from {mnt}/plugins",
+                          build_manyfiles, "bin/manyfiles_app.py"),
 }
 
 #: the model-side run (replays the real workloads' cold traces through vmcore)
