@@ -71,7 +71,7 @@ RUN_KEYS = ("wall_s", "major_faults", "requests", "bytes_read")
 DEVICE_KEYS = ("device_seek_s", "device_rotation_s", "device_busy_s")
 PREFETCH_KEYS = ("used", "wasted", "late")
 #: disk needed in the work dir, by size (database + library copy + traces, rounded up)
-DISK_NEEDED = {"small": 80 << 20, "default": 320 << 20, "large": 1100 << 20}
+DISK_NEEDED = {"small": 90 << 20, "default": 360 << 20, "large": 1200 << 20}
 
 
 class ExperimentError(VMError):
@@ -664,8 +664,8 @@ def add_experiment_parser(sub) -> None:
                     "real workloads' cold traces replayed through vmcore, floor, cold and seeded). Each "
                     "workload also runs on a mount with no device model (the floor), and the report "
                     "gives the share of the cold-start penalty seeding removed, (cold - seeded) / (cold "
-                    "- floor). Disk: about 320 MiB "
-                    "(default size), 80 MiB (small), 1.1 GiB (large) in the work dir.",
+                    "- floor). Disk: about 360 MiB "
+                    "(default size), 90 MiB (small), 1.2 GiB (large) in the work dir.",
         epilog="Example: vmcore experiment seeding --size small --runs 1 --json out.json --plot out.png")
     s.add_argument("--workload", action="append", metavar="NAME",
                    help=f"a workload to run ({', '.join(ALL_NAMES)}); repeat for several; default all")
