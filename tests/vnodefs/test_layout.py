@@ -294,3 +294,38 @@ def test_hdd_sequential_reads_reach_the_media_rate(vmount, tmp_path):
     finally:
         os.close(fd)
     assert got == pytest.approx(rate, rel=0.10), (got, rate)
+
+
+@pytest.mark.fuse
+def test_a_file_system_without_fiemap_mounts_with_the_synthetic_layout(tmp_path, vcli):
+    """tmpfs has no FIEMAP: `--layout fiemap` is refused in one line; auto falls back to the
+    synthetic layout, and the trace header and the summary say so."""
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm (tmpfs) on this machine")
+    import tempfile
+
+    src = tempfile.mkdtemp(prefix="vnodefs-nofiemap-", dir=shm)
+    try:
+        with open(os.path.join(src, "a"), "wb") as fh:
+            fh.write(b"a" * 20000)
+        if probe_fiemap(src) is not False:
+            pytest.skip("/dev/shm supports FIEMAP here")
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        rc, _out, err = vcli("mount", src, mnt, "--latency", "hdd", "--layout", "fiemap", "--no-trace")
+        assert rc == 2 and "does not support FIEMAP" in err and len(err.strip().splitlines()) == 1
+        tr = tmp_path / "t.vtrace"
+        rc, _out, err = vcli("run", src, "--latency", "hdd", "--cache", "direct", "--trace", tr, "--",
+                             "cat", "{mnt}/a")
+        assert rc == 0, err
+        assert "layout synthetic" in err
+        t = load(tr)
+        assert t.header["layout"]["kind"] == "synthetic"
+        r = t.records[t.records["op"] == OPS["read"]]
+        data = r[r["dev_addr"] >= 0]
+        assert data.size and (data["flags"] & FLAG_ADDR_ESTIMATED).all()
+    finally:
+        for n in os.listdir(src):
+            os.unlink(os.path.join(src, n))
+        os.rmdir(src)
