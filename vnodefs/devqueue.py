@@ -31,6 +31,7 @@ dispatcher thread, under the lock, once the device is free).
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from vnodefs.latency import LatencySpec
 
 _mono = time.monotonic_ns
+log = logging.getLogger("vnodefs")
 READ_EXPIRE_NS = 500_000_000
 WRITE_EXPIRE_NS = 5_000_000_000
 
@@ -193,7 +195,12 @@ class Device:
                     cond.wait((self._free_at - now) / 1e9)
                     continue
                 w = self._pick(max(now, self._free_at))
-                self._dispatch(w, max(w.arrive, self._free_at))
+                try:
+                    self._dispatch(w, max(w.arrive, self._free_at))
+                except Exception:  # never strand a requester: serve it at no cost, say so once
+                    log.exception("vnodefs device: cannot model a request; served without delay")
+                    w.end = max(w.arrive, self._free_at)
+                    w.served = Served(0, -1, -1, 0, 0, 0, 0, False)
             w.event.set()
 
     def _dispatch(self, w: _Waiter, start: int) -> None:
