@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT (returns once the mount is ready)",
                        description="Mount the host directory SOURCE on MOUNTPOINT through vnodefs. Returns "
                        "once the mount is ready; the file system runs in a background daemon until "
-                       "`vnodefs umount MOUNTPOINT`. Prints where the trace goes.")
+                       "`vnodefs umount MOUNTPOINT`. Prints where the trace goes. Sparse files pass through: "
+                       "fallocate (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE), lseek SEEK_DATA/SEEK_HOLE and "
+                       "copy_file_range are served by the host file; COLLAPSE_RANGE / INSERT_RANGE fail "
+                       "with EOPNOTSUPP on every FUSE mount (Linux's FUSE module refuses them).")
     m.add_argument("source", metavar="SOURCE")
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     _add_mount_options(m)

@@ -3,7 +3,8 @@
 Owns: `Passthrough` (mfusepy Operations: every file-system operation on the host directory, as
 plain os calls that raise OSError), `VnodeFUSE` (an mfusepy.FUSE whose dispatcher `_wrapper`
 is the ONE choke point every kernel request passes through: it times the request, applies the
-device model (vnodefs.layout finds where the bytes lie, vnodefs.devqueue waits for the device), records read/write/truncate/fsync/open/create/release/flush/fallocate in the trace,
+device model (vnodefs.layout finds where the bytes lie, vnodefs.devqueue waits for the device), records read/write/truncate/fsync/open/create/release/flush/fallocate (and each
+copy_file_range as a read + write) in the trace,
 and is the only place where OSError becomes -errno), and `FsConfig`.
 
 Who calls it: vnodefs.mount (the daemon process builds a Passthrough and runs VnodeFUSE in the
@@ -31,7 +32,13 @@ Invariants:
     kernel (so the requester's truncate(2) returns after the record is in the channel); unlink and
     rename over an existing file report `removed`. Each costs one extra lstat/fstat on that request
     only; read/write never touch the channel, and the writer never blocks (it drops and counts).
+  * sparse files pass through: fallocate with the caller's mode, lseek SEEK_DATA / SEEK_HOLE and
+    copy_file_range are served by the host file (host errno on failure); a fallocate record holds
+    its mode in `flags`, a copy is recorded as a read + write pair with FLAG_COPY.
 Caveats:
+  * Linux's FUSE module itself refuses fallocate COLLAPSE_RANGE / INSERT_RANGE (EOPNOTSUPP, no
+    request sent); vnodefs would forward them. A copy through the mount is charged to the device
+    model as a read + write even where the host reflinks it.
   * Writeback cache and FUSE passthrough stay off (they would hide requests from the trace).
   * `page` mode uses libfuse's auto_cache: the kernel keeps a file's pages across opens unless the
     host file's mtime/size changed; the trace then holds page-cache misses only.
@@ -58,7 +65,7 @@ import mfusepy  # noqa: E402
 from vnodefs.devqueue import NOTHING as _NO_IO  # noqa: E402
 from vnodefs.latency import NONE as _NO_DEVICE  # noqa: E402
 from vnodefs.latency import LatencySpec  # noqa: E402
-from vnodefs.trace import FLAG_ADDR_ESTIMATED, FLAG_SEEK, OPS, TraceWriter  # noqa: E402
+from vnodefs.trace import FLAG_ADDR_ESTIMATED, FLAG_COPY, FLAG_SEEK, OPS, TraceWriter  # noqa: E402
 
 log = logging.getLogger("vnodefs")
 
@@ -98,6 +105,24 @@ def _lstat_or_none(path):
 
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
+
+
+#: fallocate(2) mode bits (linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_INSERT_RANGE = 0x20
+_fallocate = _libc().fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+
+
+def _host_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with any mode (os.posix_fallocate knows mode 0 only); raises OSError."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
 
 
 class Passthrough(mfusepy.Operations):
@@ -312,10 +337,28 @@ class Passthrough(mfusepy.Operations):
         return 0
 
     def fallocate(self, path, mode, offset, size, fh):
-        if mode:
-            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
-        os.posix_fallocate(fh.fh, offset, size)
+        """fallocate(2) on the host fd with the caller's mode (FALLOC_FL_KEEP_SIZE, PUNCH_HOLE,
+        ZERO_RANGE, COLLAPSE_RANGE, INSERT_RANGE, ...): what the host file system does not support
+        fails with its own errno (mode 0 included: glibc's posix_fallocate then emulates it in the
+        caller, as it would on the host). A collapse shrinks the file: reported as `setsize`."""
+        _host_fallocate(fh.fh, mode, offset, size)
+        ev = self.events
+        if ev is not None and mode & FALLOC_FL_COLLAPSE_RANGE:
+            st = os.fstat(fh.fh)
+            ev.setsize(st.st_ino, st.st_size, path or "")
         return 0
+
+    def lseek(self, path, offset, whence, fh):
+        """SEEK_DATA / SEEK_HOLE answered by the host file (the kernel handles SEEK_SET / CUR /
+        END itself and never sends them)."""
+        return os.lseek(fh.fh, offset, whence)
+
+    def copy_file_range(self, path_in, fh_in, off_in, path_out, fh_out, off_out, length, flags):
+        """copy_file_range(2) between the two host fds (in-kernel copy, or a reflink where the host
+        file system shares extents); returns the bytes copied."""
+        if flags:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return os.copy_file_range(fh_in.fh, fh_out.fh, length, off_in, off_out)
 
 
     # read / write live in VnodeFUSE (zero-copy into libfuse's buffer); these exist so mfusepy
@@ -533,8 +576,8 @@ class VnodeFUSE(mfusepy.FUSE):
                 fid = self.trace.file_id(args[0].decode(self.encoding, self.errors))
             if op == _TRUNC:
                 offset = args[1]
-            elif op == _FALLOC:
-                offset, length = args[2], args[3]
+            elif op == _FALLOC:  # a fallocate record carries its mode (FALLOC_FL_*) in flags
+                flags, offset, length = args[1] & 0xFF, args[2], args[3]
         try:
             result = func(*args) or 0
         except OSError as e:
@@ -548,8 +591,11 @@ class VnodeFUSE(mfusepy.FUSE):
                 self.trace.file_id(args[0].decode(self.encoding, self.errors))
             if self._pcache is not None and (op == _CREATE or fip.contents.flags & os.O_TRUNC):
                 self._pcache.invalidate(fid)
-        elif self._pcache is not None and (op == _TRUNC or op == _FALLOC):
-            self._pcache.invalidate(fid)
+        elif op == _TRUNC or op == _FALLOC:
+            if self._pcache is not None:
+                self._pcache.invalidate(fid)
+            if op == _FALLOC and self.layout is not None and args[-1]:
+                self.layout.forget(args[-1].contents.fh)  # extents moved, appeared or were punched out
         if self._tracing:
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0,
                                     -1, -1, 0, 0, 0, 0, 0))
@@ -561,6 +607,55 @@ class VnodeFUSE(mfusepy.FUSE):
 
     def write(self, path, buf, size, offset, fip):
         return _write_from(fip.contents.fh, buf, size, offset)
+
+    # -- operations mfusepy declares but does not wrap ------------------------------------------
+    def lseek(self, path, offset, whence, fip):
+        return self.operations.lseek(None if path is None else path.decode(self.encoding, self.errors), offset,
+                                     whence, fip.contents)
+
+    def copy_file_range(self, path_in, fip_in, off_in, path_out, fip_out, off_out, length, flags):
+        """A copy done by the host between two open files: traced as a read of the source range
+        and a write of the destination range (flag FLAG_COPY on both, result = bytes copied or
+        -errno), and charged to the device model as that read followed by that write."""
+        dec = self.encoding, self.errors
+        fd_in, fd_out = fip_in.contents.fh, fip_out.contents.fh
+        fid_in, fid_out = self.fid_of_fd.get(fd_in, 0), self.fid_of_fd.get(fd_out, 0)
+        t0 = _mono()
+        dev = self.device
+        if dev is not None:
+            try:
+                segs_in, est_in = self.layout.segments(fd_in, off_in, length, False)
+                segs_out, est_out = self.layout.segments(fd_out, off_out, length, True)
+            except OSError:
+                segs_in, est_in, segs_out, est_out = (), False, (), False
+        try:
+            result = self.operations.copy_file_range(
+                None if path_in is None else path_in.decode(*dec), fip_in.contents, off_in,
+                None if path_out is None else path_out.decode(*dec), fip_out.contents, off_out, length, flags)
+        except OSError as e:
+            result = _neg_errno(e)
+        if self._pcache is not None:
+            self._pcache.invalidate(fid_out)
+        if self.layout is not None:
+            self.layout.forget(fd_out)
+        halves = []
+        for op, segs, est in ((_READ, segs_in, est_in), (_WRITE, segs_out, est_out)) if dev is not None else \
+                ((_READ, (), False), (_WRITE, (), False)):
+            if dev is not None and result > 0:
+                sv = dev.finish(dev.start(segs, op == _WRITE))
+                halves.append((sv, sv.delay_ns, (FLAG_SEEK if sv.seeked else 0) |
+                               (FLAG_ADDR_ESTIMATED if est and segs else 0)))
+            else:
+                halves.append((_NO_IO, 0, 0))
+        if self._tracing:
+            ctx = _tls.ctx
+            t1 = _mono()
+            for (op, fid, offset), (sv, delay, fl) in zip(((_READ, fid_in, off_in), (_WRITE, fid_out, off_out)),
+                                                          halves):
+                self._append(self._pack(t0, t1 - t0, delay, offset, length, result, ctx.pid, ctx.uid, fid, op,
+                                        fl | FLAG_COPY, 0, sv.dev_addr, sv.dev_prev, sv.seek_ns, sv.rot_ns,
+                                        sv.xfer_ns, sv.segments, 0))
+        return result
 
     # -- operations mfusepy would get slightly wrong for a passthrough ----------------------------
     def rename_fuse_3(self, old, new, flags):

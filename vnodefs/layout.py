@@ -146,6 +146,15 @@ class Layout:
         self.refreshes += 1
         return ent
 
+    def forget(self, fd: int) -> None:
+        """Drop what is cached of open file `fd`'s extents (they changed without a size or mtime
+        change the next lookup would notice: fallocate, a copy into it)."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        self._cache.pop((st.st_dev, st.st_ino), None)
+
     def _place_unknown(self, ext):
         """Extents whose physical address is not known yet go right after the previous extent."""
         out = []

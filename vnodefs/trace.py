@@ -109,6 +109,9 @@ PAGES_DTYPE = np.dtype([("t_ns", "<i8"), ("pid", "<i4"), ("op", "u1"), ("file", 
 #: flag bits of a request record
 FLAG_SEEK = 1  # the device head moved: the request did not continue the previous one on the device
 FLAG_ADDR_ESTIMATED = 16  # dev_addr is an estimate (synthetic layout, or bytes not yet allocated)
+FLAG_COPY = 32  # one half (the source read or the destination write) of a copy_file_range the host did
+#: a `fallocate` record's flags are its FALLOC_FL_* mode bits instead (KEEP_SIZE 1, PUNCH_HOLE 2,
+#: COLLAPSE_RANGE 8, ZERO_RANGE 16, INSERT_RANGE 32; 0: plain allocation)
 
 #: one request record: the 12 version-1 fields, then dev_addr, dev_prev, seek_ns, rot_ns, xfer_ns,
 #: dev_segments, 0
