@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the vmcore model's access paths (issue 3, Performance): measured, never asserted.
+"""Benchmark of the vmcore model's access paths: measured, never asserted.
 
 For each policy (mach, lru, fifo, clock), through the real replay path (vmcore.replay.replay ->
 Task.access -> vm_fault / the policy), on seeded synthetic traces:
@@ -14,7 +14,7 @@ Side by side, in the same run and on the same traces:
     batch and `select_victim` + `inserted` cycles per second;
   * a plain-Python reference cache (OrderedDict LRU; deque FIFO) fed one access at a time,
     and the ratio model / reference.
-Targets (issue 3): >= 2 M accesses/s on hits, >= 200 k faults/s. Each figure is the median of
+Targets: >= 2 M accesses/s on hits, >= 200 k faults/s. Each figure is the median of
 --repeat rounds (default 3); a round runs every measurement once, interleaved, so background load
 affects the model and the reference alike. Misses are printed so runs can be checked against each
 other (kernel, simulator and reference must agree exactly for the reference policies).

@@ -20,7 +20,7 @@ Prints the median of --reps runs (default 5) of each measurement and the ratio v
                   mount mounted first, half second); prints the median of the pair
                   ratios (on/off time - 1) with their quartiles, and the daemons' CPU time per
                   random read (psutil)
-Targets (issue 2): cold-seq-read >= 0.9x, trace overhead <= 5%, rand4k-direct >= 0.5x.
+Targets: cold-seq-read >= 0.9x, trace overhead <= 5%, rand4k-direct >= 0.5x.
 This is a measurement, not a test: nothing is asserted. Progress goes to stderr.
 
     .venv/bin/python scripts/bench_vnodefs.py [--size MiB] [--reps N] [--dir DIR] [--random-reads N]

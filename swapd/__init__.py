@@ -1,6 +1,6 @@
 """swapd: the default pager (anonymous memory in real sparse swap files) and the dynamic pager
 (adding and removing swap files at the watermarks), after Mac OS X's default_pager and
-dynamic_pager (seed 003 "Pagers"; ../shared/reference/xnu.md section 3).
+dynamic_pager (docs/mach-vm.md#pagers).
 
 Public API (what the wiring layer, vmcore.lab, uses):
 

@@ -2,7 +2,7 @@
 
 Owns: `main(argv) -> int` and the `swapd status [DIR] [--json]` command. Works from any process,
 with or without a live pool on DIR (swapd.status). `swapd profiles list|show|rm` is defined in
-swapd.profiles_cli (issue 5) and only hooked in here. Bad input: one line on stderr, exit status 2
+swapd.profiles_cli and only hooked in here. Bad input: one line on stderr, exit status 2
 (usage) or 1 (the directory cannot be read).
 """
 

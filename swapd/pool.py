@@ -3,7 +3,7 @@ and the counters `swapd status` reports.
 
 Owns: `SwapPool` (public API: pager_factory, tick, swapoff, status, close).
 
-Theory of operation (seed 003 "Pagers"; xnu.md section 3):
+Theory of operation (docs/mach-vm.md#pagers; dynamic_pager of system_cmds-279..433):
   * Start: create the directory if missing (mode 0700), take an exclusive `flock` on
     DIR/.swapd.lock (a second pool on the same directory is refused, naming the holder's pid),
     remove stale `swapfileN` files of an earlier run (anonymous memory does not outlive its tasks;

@@ -1,4 +1,4 @@
-"""The app_profile tree: launch working-set profiles on disk (issue 5 item 5; xnu.md 2).
+"""The app_profile tree: launch working-set profiles on disk (after XNU's app_profile).
 
 Owns: `AppProfileStore`, the vmcore.workingset.ProfileStore over `VAR/vm/app_profile/`:
 

@@ -5,7 +5,7 @@ Owns: XNU's variable sizing table (`file_sizes`, `low_water_table`), the waterma
 No I/O, no clock of its own: the caller passes `now` (seconds, any origin), so tests drive it with
 a manual clock.
 
-Theory of operation (xnu.md section 3; dynamic_pager.c of system_cmds-279..433, bsd_vm.c):
+Theory of operation (docs/mach-vm.md#pagers; dynamic_pager.c of system_cmds-279..433, bsd_vm.c):
   * Sizes: 64, 64, 128, 256, 512 MiB, then 1 GiB for every further file, times `scale`, each capped
     (by the caller) at 1/8 of the file system's free space.
   * High water (HI_WAT_ALERT): when free swap falls below `hi_water` bytes (XNU: 40,000,000) the

@@ -1,11 +1,11 @@
-"""Invariant guarded: the package boundaries of DEVELOPERS.md / shared/STYLE.md.
+"""Invariant guarded: the package boundaries (README.md, "Layout").
 
 * vmcore's model modules import no backing store (no vnodefs, swapd, fuse/mfusepy);
   only the wiring layer (vmcore.lab, vmcore.cli, vmcore.experiment*) may import all three.
 * vnodefs and swapd never import each other, and reach into vmcore only through its pager
   interface and public helpers, never its model internals. One named, narrow exception: vnodefs
   may import swapd.profiles (the app_profile store), so that real programs run over a vnodefs
-  mount and modelled tasks share one profile tree and format (issue 6).
+  mount and modelled tasks share one profile tree and format.
 * no import cycles between the three packages.
 """
 

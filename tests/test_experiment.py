@@ -1,4 +1,4 @@
-"""Invariant guarded: `vmcore experiment seeding` runs end to end on real mounts (issue 6 item 4).
+"""Invariant guarded: `vmcore experiment seeding` runs end to end on real mounts.
 
 At `--size small --runs 1` every workload (sqlite, pyimport, manyfiles, and the model-side replays)
 gets one floor, one cold and one seeded run with the contract's JSON keys (wall_s, major_faults,

@@ -196,7 +196,7 @@ def test_interpreter_exit_without_close_unmounts(src):
 
 
 def test_behavior_clustering_option(src, tmp_path):
-    """cluster="behavior": 10.5's vm_object_cluster_size for file objects (xnu.md 5.3)."""
+    """cluster="behavior": 10.5's vm_object_cluster_size for file objects (xnu-1228)."""
     tr = tmp_path / "c.trace"
     with Kernel(memory="16MiB", files=src, trace=tr, cluster="behavior") as k:
         t = k.task_create(name="c")

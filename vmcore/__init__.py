@@ -1,5 +1,5 @@
 """vmcore: a runnable model of the Mach / Mac OS X virtual memory system with real bytes in real
-page frames (seeds in ../shared/seeds, XNU numbers in ../shared/reference/xnu.md).
+page frames (the mechanisms and their sources: docs/mach-vm.md).
 
 Public surface: Kernel, the error classes, and the pager interface (vmcore.pager). `Kernel` is
 resolved lazily (PEP 562) so that backing-store packages can import vmcore.pager without pulling

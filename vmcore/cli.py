@@ -1,5 +1,5 @@
 """`vmcore` command line: the wiring layer's entry point (subcommands `replay` and `experiment`;
-`scenario` from a later issue plugs into the same subparsers).
+`scenario`, from vmcore.scenario, plugs into the same subparsers).
 
 Owns: `main(argv) -> int`, the argument parsers, the text / JSON output of `vmcore replay`, the
 progress bar, and reading vnodefs binary traces (this module may import vnodefs; vmcore.replay,

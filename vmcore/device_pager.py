@@ -1,11 +1,11 @@
-"""The device pager (seed 003 "Pagers"): maps non-general-purpose memory with its cache attributes.
+"""The device pager (docs/mach-vm.md#pagers): maps non-general-purpose memory with its cache attributes.
 
 Owns: `DevicePager` (a vmcore.pager.Pager of kind DEVICE over a numpy buffer standing in for a
 frame buffer or a PCI aperture), the WIMG cache-attribute bits (`VM_MEM_*`, `VM_WIMG_*`,
 `parse_wimg`, `wimg_str`), and `device_object_populate` / `device_object_release`, which the
 kernel calls when a VM object over a DevicePager is made and when it dies.
 
-Seed 003: "The device pager allows you to map non-general-purpose memory with the cache
+Kernel Programming Guide, "Pagers": "The device pager allows you to map non-general-purpose memory with the cache
 characteristics required for that memory (WIMG). Non-general-purpose memory includes physical
 addresses that are mapped onto hardware other than main memory - for example, PCI memory, frame
 buffer memory, and so on."

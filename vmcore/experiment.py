@@ -1,7 +1,7 @@
 """`vmcore experiment seeding`: the project's main job. Cold vs profile-seeded launches of real
 programs over vnodefs, and the same launches replayed through the vmcore model.
 
-Owns (wiring layer, issue 6 item 4): `add_experiment_parser(subparsers)` and `run_experiment(args)`
+Owns (wiring layer): `add_experiment_parser(subparsers)` and `run_experiment(args)`
 for vmcore.cli, `SeedingExperiment` (the run loop), `summarize_runs`, `format_table`, `plot`.
 May import vnodefs and swapd (tests/test_architecture.py treats vmcore.experiment* as wiring), but
 drives the real-program side ONLY through the `vnodefs run` command line (a subprocess of
@@ -125,7 +125,7 @@ def _lazy_unmount(mnt: str) -> None:
 
 
 def vnodefs_has_profile(python: str = sys.executable) -> bool:
-    """Does `vnodefs run` accept --profile (the real-program seeding of issue 6 item 3)?"""
+    """Does `vnodefs run` accept --profile (the real-program seeding of vnodefs.seeding)?"""
     try:
         out = subprocess.run([python, "-m", "vnodefs", "run", "--help"], capture_output=True, text=True,
                              timeout=60).stdout

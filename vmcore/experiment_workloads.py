@@ -1,6 +1,6 @@
 """The real workloads of `vmcore experiment seeding`: data and programs made from a seed.
 
-Owns (wiring layer, issue 6 item 4): `WORKLOADS` (name -> Workload), `SIZES`, and for each real
+Owns (wiring layer): `WORKLOADS` (name -> Workload), `SIZES`, and for each real
 workload the code that builds its SOURCE directory (the files that will be mounted with vnodefs)
 and the command line that runs it against a mount. Called by vmcore.experiment only.
 

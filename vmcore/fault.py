@@ -10,7 +10,7 @@ Task.access calls directly for a miss and vm_fault tries first (it does nothing 
 any other fault). Performance (scripts/bench_vmcore.py): single-frame metadata goes through the
 memoryview aliases of vmcore.resident / vmcore.map, never numpy scalars.
 
-Kinds (each counted, seed 001 "Paging Virtual Memory In", xnu.md 4.3):
+Kinds (each counted; docs/mach-vm.md#faults, "Paging Virtual Memory In", xnu-792):
   soft       the page is resident in some object of the chain: map it (an inactive page is
              reactivated, "Pages reactivated"); the first touch of a page that came in by
              clustering counts as a pagein
@@ -21,11 +21,11 @@ Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or 
 BAD), ProtectionFailure (access not allowed by the entry), PagerIOError (pager ERROR),
 ResourceShortage (no frame could be freed).
 
-Pagein clustering (mach policy only, xnu.md 1.4 path B / 5.2): grow forward then backward up to
+Pagein clustering (mach policy only, xnu-792's tws_build_cluster): grow forward then backward up to
 256 KB, never bridging a resident page or a page the pager is known not to have, within the map
 entry; the first `pre_heat` pages are added blindly (vnode objects in a task's first 45 s of model
 time: 8/4/2 pages by file size), further pages only when the kernel's working-set hook says this
-task touched them (issue 5). RANDOM behaviour disables clustering. Reference policies never cluster.
+task touched them (vmcore.workingset). RANDOM behaviour disables clustering. Reference policies never cluster.
 Deactivate-behind follows 5.2 (sequential / rseqntl / default runs of 256).
 
 Submaps: a nested entry (use_pmap true) enters its translation in the submap's shared pmap, so
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: model time per fault when the kernel owns its clock (a hard fault adds a disk access)
 FAULT_TICK_S = 10e-6
 HARD_FAULT_TICK_S = 1e-3
-#: the launch window of TWS (xnu.md 1.1): blind read-ahead for file objects only while younger
+#: the launch window of TWS (xnu-792): blind read-ahead for file objects only while younger
 LAUNCH_WINDOW_S = 45.0
 
 
@@ -476,7 +476,7 @@ _B_DEFAULT, _B_RANDOM, _B_SEQUENTIAL, _B_RSEQNTL = (
 
 
 def _deactivate_behind(k: "Kernel", e, slot: int) -> None:
-    """vm_fault_deactivate_behind (xnu.md 5.2)."""
+    """vm_fault_deactivate_behind (xnu-792)."""
     b = e.behavior
     last = e.last_slot
     e.last_slot = slot

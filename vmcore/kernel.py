@@ -9,7 +9,7 @@ Owns: `Kernel`, the glue every mechanism shares:
   * wiring of frames, the replacement-policy hooks, object creation and collapse entry points;
   * `task_create`, `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
     `format_vm_stat`, `pageout` (a forced scan), `close`;
-  * hooks for issue 7's modules: `shared_regions` (the system set new tasks map,
+  * hooks for the subsystem modules: `shared_regions` (the system set new tasks map,
     vmcore.shared_region) and `shared_region_sets`; `kmem` (kernel_map / kernel_object, made by
     vmcore.kmem on first use); `wired_acct` (vmcore.wired, with wired_accounting=True; vm_stat
     syncs it first); object_create enters a DEVICE pager's pages as fictitious frames
@@ -18,7 +18,7 @@ Owns: `Kernel`, the glue every mechanism shares:
 Construction: `Kernel(memory="64MiB", page_size=4096, policy="mach", default_pager=None,
 clock=None, ncpu=1, event_sink=None)`. `memory` is bytes or a string ("64MiB", "512KiB", "1GiB");
 `default_pager` is a vmcore.pager.PagerFactory (None: vmcore.testing.memory_pager_factory);
-`wired_accounting=True` charges seed 001's wired cost of kernel resources in real wired pages
+`wired_accounting=True` charges Apple's wired cost of kernel resources in real wired pages
 (vmcore.wired). `clock` has `.now()` (None: a ManualClock the model advances per fault and per
 scan); `policy` is
 "mach" (active/inactive queues + pageout daemon) or a reference policy name from vmcore.policy
@@ -145,7 +145,7 @@ class Kernel:
         self.ntracked = 0
         self.pmap_epoch = 0
         self.nwired = 0
-        self.working_set = None  # issue 5 hook: .contains(task, obj, pidx) -> bool
+        self.working_set = None  # working-set hook: .contains(task, obj, pidx) -> bool
         self.last_pageout_error: str | None = None
         self._owns_clock = clock is None
         self.clock = ManualClock() if clock is None else clock

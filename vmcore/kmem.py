@@ -1,9 +1,9 @@
-"""Kernel memory allocation (seed 004 "Allocating Memory Using Mach Routines"): kernel_map,
+"""Kernel memory allocation ("Allocating Memory Using Mach Routines", docs/mach-vm.md): kernel_map,
 kernel_object and the kmem_alloc family.
 
 Owns: `KernelMemory` (one per kernel, made on first use by `kernel_map(kernel)`: the kernel's own
 address map, the kernel_object every kernel_map entry maps at offset = address - map minimum, as
-XNU does, and a `KernelTask` that faults in kernel_map), and the seed's calls, each taking the map
+XNU does, and a `KernelTask` that faults in kernel_map), and the guide's calls, each taking the map
 first ("Unless you need to allocate memory in a different map, you should pass kernel_map"):
   kmem_alloc(map, size)            wired, zero-filled ("All of the kmem_alloc functions except
   kmem_alloc_wired(map, size)      kmem_alloc_pageable allocate wired memory"; _wired "is
@@ -246,7 +246,7 @@ class KernelMemory:
         return self.task.regions()
 
 
-# ---- the seed's calls -----------------------------------------------------------------------------
+# ---- the guide's calls ----------------------------------------------------------------------------
 
 def kernel_map(kernel) -> VMMap:
     """The kernel's kernel_map (made, with kernel_object, on first use)."""

@@ -26,7 +26,7 @@ Caveats:
     swap, deletes the swap files and releases the pool's lock. A kernel that is garbage-collected
     unclosed still removes its swap files (swapd's finalizer) and its mount (lab_files'
     finalizer, also at interpreter exit).
-  * Clustering: fault._cluster follows 10.4 (xnu.md 5.2): behaviour RANDOM disables clustering,
+  * Clustering: fault._cluster follows 10.4 (xnu-792): behaviour RANDOM disables clustering,
     the others cluster alike; a task's first `launch_window` seconds get a small blind read-ahead
     on file objects. `tws_cluster=True` also sets the kernel's working_set hook to the recorder:
     clusters then widen over pages this task touched before (up to 64 pages, stopping at resident

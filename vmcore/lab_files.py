@@ -1,6 +1,6 @@
 """File mappings through a vnodefs mount: the vnode objects of a Kernel(files=SOURCE_DIR).
 
-Owns (wiring layer, issue 5 items 1-2):
+Owns (wiring layer):
   * `FileSystem`: the kernel's own vnodefs mount of SOURCE_DIR (cache mode `direct`, so every
     model page-in and page-out reaches vnodefs and its trace), the table of file VM objects (one
     per file, keyed by the file's inode on the mount: 1:1 with the vnode, shared by every task),

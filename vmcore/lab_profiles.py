@@ -1,6 +1,6 @@
 """Launch profiles of a lab Kernel: working-set recording, app_profile storage, seeding, scoring.
 
-Owns (wiring layer, issue 5 items 4-7): `LaunchProfiles`, built by vmcore.lab.Kernel when it has
+Owns (wiring layer): `LaunchProfiles`, built by vmcore.lab.Kernel when it has
 both `files=` and `var=`. It is the kernel's event sink (every FaultEvent goes to the
 WorkingSetRecorder and to the faulting task's PrefetchScoreboard) and does, per
 `task_create(executable=...)`:

@@ -10,7 +10,7 @@ kernel's pmap_disconnect / pmap_remove when the page is freed, moved, copied up,
 protection changes. The reverse map (PhysicalMemory.pv) lists every (entry, slot) mapping a frame;
 clipping relabels those records.
 
-use_pmap (seed 004: "whether a submap's low-level mappings should be shared among all tasks into
+use_pmap (Kernel Programming Guide, "Memory Maps Explained": "whether a submap's low-level mappings should be shared among all tasks into
 which the submap is mapped"): a submap entry with use_pmap true is *nested*: its `pmap` / `pmw`
 arrays are views into the submap's own translation arrays (`VMMap.pmap` / `VMMap.pmw`, one slot per
 page of the submap, made by `nested_pmap()`), so a translation entered by one task's fault is seen
@@ -129,7 +129,7 @@ class VMMap:
         self.pmap: np.ndarray | None = None
         self.pmw: np.ndarray | None = None
         self.pmv = self.pwv = None  # memoryview aliases of pmap / pmw (as VMMapEntry's)
-        #: a submap whose mappings may never be removed (the shared region: seed 003, "a shared
+        #: a submap whose mappings may never be removed (the shared region: "a shared
         #: library cannot be unshared")
         self.permanent = False
 

@@ -1,4 +1,4 @@
-"""Named entries (seed 004 "Named Entries", seed 000): handles to a VM object range or to a submap.
+"""Named entries ("Named Entries", docs/mach-vm.md): handles to a VM object range or to a submap.
 
 Owns: `NamedEntry`, `make_memory_entry` (mach_make_memory_entry_64 over a task's range) and
 `make_named_region` (vm_region_object_create: a named entry backed by a submap, "a virtual map

@@ -2,14 +2,14 @@
 
 Owns: `VMObject` and the object-level operations that need the kernel: `object_deallocate`
 (reference drop; at zero: free pages, terminate the pager, drop the shadow), `object_collapse`
-(xnu.md 7: collapse a backing object with a single reference into its shadower, or bypass it when
+(xnu-792's vm_object_collapse: collapse a backing object with a single reference into its shadower, or bypass it when
 the shadower covers every page that could show through), `object_shadow` (make the shadow object a
 copy-on-write write needs) and `object_page_remove` (free a range of an object nobody else sees).
 
 Every pager call goes through `VMObject.pager_request` / `pager_return` / `pager_discard` (one
 dispatcher, memory_object.c style), which also checks the pager kept the vmcore.pager contract.
 
-Fields (seed 001 table 1):
+Fields (the VM object table of "Memory Management in Mac OS X"):
   pages          dict page index -> frame: the resident pages
   size, npages   the object's size in bytes / pages
   pager          the memory object (a vmcore.pager.Pager), None until first needed (anonymous
@@ -228,7 +228,7 @@ def object_deallocate(kernel: "Kernel", obj: VMObject | None) -> None:
 
 
 def _collapse_blocked(obj: VMObject, backing: VMObject) -> bool:
-    """xnu.md 7 step 1: reasons to skip this level."""
+    """vm_object_collapse step 1: reasons to skip this level."""
     return (obj.paging_in_progress > 0 or backing.paging_in_progress > 0
             or not backing.internal or not obj.internal
             or (backing.shadow is not None and backing.shadow.copy is backing))
@@ -306,7 +306,7 @@ def _do_collapse(kernel: "Kernel", obj: VMObject, backing: VMObject) -> None:
 
 
 def _can_bypass(obj: VMObject, backing: VMObject) -> bool:
-    """xnu.md 7 step 3: no page of backing can show through obj."""
+    """vm_object_collapse step 3 (bypass): no page of backing can show through obj."""
     off = obj.shadow_offset
     n = obj.npages
     if len(obj.pages) == n:

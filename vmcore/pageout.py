@@ -1,11 +1,11 @@
 """The pageout daemon (vm_pageout.c), step-driven: thresholds, the scan, clustered pageout via UPLs.
 
-Owns: `PageoutDaemon` with the 10.4 thresholds (xnu.md 4.1, in pages):
+Owns: `PageoutDaemon` with the 10.4 thresholds (in pages; docs/mach-vm.md#the-pageout-daemon):
     free_reserved   = 6 * VM_PAGE_LAUNDRY_MAX(16) + ncpu = 96 + ncpu
     free_min        = reserved + 10 + F/100       (F = frames - reserved at start)
     free_target     = max(reserved + 15 + F/80, free_min + 5)
     inactive_target = (active + inactive) / 3, recomputed every pass
-and `scan(target)`, one run of vm_pageout_scan (4.2): move pages from the active head to the
+and `scan(target)`, one run of vm_pageout_scan (xnu-792): move pages from the active head to the
 inactive tail (clearing the reference bit) while inactive < inactive_target; then take victims from
 the inactive head: busy -> rotate; referenced -> reactivate (counted); else disconnect it from every
 pmap; clean and not precious -> free it; dirty or precious -> page it out in a cluster: a UPL
@@ -19,7 +19,7 @@ Also `evict_one()`: the reference policies' on-demand eviction (the policy picks
 victim is paged out alone first) and `flush_object()` (write back dirty pages, keep them resident).
 
 With wired accounting on (vmcore.wired), a scan that starts below free_min first garbage-collects
-the wired kernel-resource pages no longer needed (the seed's lazy reclaim).
+the wired kernel-resource pages no longer needed (Apple's lazy reclaim).
 
 No threads: the kernel calls scan() when vm_page_grab's wake-up condition holds
 (free < free_min, or free < free_target and inactive < inactive_target), and Kernel.pageout() runs
@@ -44,12 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 VM_PAGE_LAUNDRY_MAX = 16
 VM_PAGEOUT_BURST_ACTIVE_THROTTLE = 10000
-#: model time charged per scan pass (the daemon's idle recheck, xnu.md 4.2)
+#: model time charged per scan pass (the daemon's 10 ms idle recheck in xnu-792)
 SCAN_TICK_S = 0.010
 
 
 def thresholds(nframes: int, ncpu: int = 1) -> tuple[int, int, int]:
-    """(free_reserved, free_min, free_target) for a memory of nframes pages (xnu.md 4.1)."""
+    """(free_reserved, free_min, free_target) for a memory of nframes pages (xnu-792's formulas)."""
     reserved = 6 * VM_PAGE_LAUNDRY_MAX + ncpu
     f = max(0, nframes - reserved)
     free_min = reserved + 10 + f // 100
@@ -96,7 +96,7 @@ class PageoutDaemon:
         try:
             wa = k.wired_acct
             if wa is not None and len(free) < self.free_min:
-                # seed 001: wired memory is "garbage collected when the free-page count falls
+                # Memory Management in Mac OS X: wired memory is "garbage collected when the free-page count falls
                 # below the threshold that triggers page out events"
                 freed += wa.collect()
             while len(free) < target and examined < limit:

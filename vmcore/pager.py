@@ -4,7 +4,7 @@ Owns: `Pager` (the abstract memory object a VM object is backed by), `PagerResul
 outcomes as values, FreeBSD pagerops style), `PagerKind`, and `PagerFactory` (how the kernel gets
 the default pager for a new anonymous object).
 
-Theory of operation (seeds 000/003/004, Mach's EMMI):
+Theory of operation (Mach's EMMI; docs/mach-vm.md#pagers):
   Every VM object may have one pager. A *pager instance is the memory object*: one instance backs
   exactly one VM object (the vnode pager: one per file; the default pager: one per anonymous
   object, all sharing a swap pool; the in-memory pager: one per object). The kernel never asks a
@@ -62,7 +62,7 @@ class PagerResult(enum.IntEnum):
 
 
 class PagerKind(enum.Enum):
-    """What kind of memory manager this is (seed 003: default, vnode, device)."""
+    """What kind of memory manager this is (docs/mach-vm.md#pagers: default, vnode, device)."""
 
     DEFAULT = "default"  # anonymous memory: swap (swapd) or the in-memory test pager
     VNODE = "vnode"  # a real file

@@ -19,7 +19,7 @@ each frame and asks it for one victim when it needs a frame and none is free:
 `mach` is not a policy object: it is the model's own active / inactive queues with reference bits
 (vmcore.pageout); `make_policy("mach", n)` returns None to say so.
 
-Definitions (issue 3 item 10):
+Definitions:
   lru    evicts the least recently accessed page (an insertion counts as an access).
   fifo   evicts the page resident longest, regardless of hits.
   clock  second-chance FIFO: a page brought in starts with its reference bit clear, a hit sets it;

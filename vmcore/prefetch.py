@@ -1,7 +1,7 @@
 """Prefetch: bring a range of an object's absent pages in ahead of use (launch-profile seeding).
 
 Owns: `object_prefetch(kernel, obj, first, npages, reserve=None) -> list[int]`, the model side of
-eager and lazy seeding (issue 5 item 6): a UPL with UPL_RET_ONLY_ABSENT over [first, first+npages)
+eager and lazy seeding: a UPL with UPL_RET_ONLY_ABSENT over [first, first+npages)
 of `obj` (resident pages are holes: never read again, never disturbed), ONE pager request per
 contiguous run of held pages (one run when the caller filtered resident pages out first, as the
 seeding code does), each page the pager returns OK committed as a *clustered speculative* page:
@@ -81,14 +81,14 @@ def object_prefetch(k: "Kernel", obj, first: int, npages: int, reserve: int | No
 
 
 # ---- 10.5-style behaviour clustering (an explicit kernel option) ---------------------------------
-#: vm_object_cluster_size's default pre-heat window (xnu.md 5.3: 32 pages while an object is young)
+#: vm_object_cluster_size's default pre-heat window (xnu-1228: 32 pages while an object is young)
 PRE_HEAT_PAGES = 32
 #: a detected sequential run of at least this many pages switches DEFAULT to run-based pre-heat
 SEQ_RUN_MIN = 3
 
 
 def behavior_cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int):
-    """xnu-1228 `vm_object_cluster_size` for file objects (xnu.md 5.3), a hook for
+    """xnu-1228 `vm_object_cluster_size` for file objects, a hook for
     vmcore.fault._cluster (`kernel.cluster_hook`, set by vmcore.lab's `cluster="behavior"`);
     returns the [lo, hi) page range to request around page p, or None for anonymous objects (the
     10.4 rule then applies). RANDOM never gets here (fault: no cluster).

@@ -4,7 +4,7 @@ Owns: `AccessTrace` (a trace as numpy arrays: file index, page within that file,
 the file names), the readers of the two model-side formats (`parse_text`, `load_npy`, `load`
 dispatching on content), `TraceError`, and `replay(kernel, trace)` -> `ReplayResult`.
 
-Theory of operation (issue 3 item 11): one task; one vm_allocate'd region per distinct file,
+Theory of operation: one task; one vm_allocate'd region per distinct file,
 sized to that file's highest page + 1 (anonymous memory from the kernel's default pager: the trace
 says which pages are touched, not what the bytes are); the accesses are turned into addresses with
 numpy and handed to the model's vectorised batch API `task.access(addrs, write)` in chunks, so hits

@@ -1,4 +1,4 @@
-"""Narrated scenarios (issue 7 item 5): the seeds' mechanisms run step by step, for teaching and
+"""Narrated scenarios: the modelled mechanisms (docs/mach-vm.md) run step by step, for teaching and
 checking.
 
 Owns: `SCENARIOS` (name -> (one-line description, function)), `Narrator` (prints / records each
@@ -10,7 +10,7 @@ step: what happened, a vmmap-style region listing per task and the vm_stat delta
 Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure (see
 `--list`). Each builds its own small kernel, so runs are deterministic (ManualClock, no real I/O).
 
-Region listing (xnu.md 8.2, vmmap 2.4 columns):
+Region listing (vmmap's report format 2.4 columns):
   REGION TYPE    START-END  [ VSIZE  RSDNT  DIRTY   SWAP] PRT/MAX SHRMOD DETAIL
 one line per map entry (vmcore.task.Region.format); submap entries are followed by their own
 entries, indented. vm_stat deltas: every vm_stat entry that changed during the step, as
@@ -197,7 +197,8 @@ def fork_cow(n: Narrator) -> None:
     child = parent.fork("child")
     n.step("fork: copy inheritance",
            "Both entries become needs_copy and the parent's translations lose write permission;\n"
-           "no page is copied yet (seed 004: the child gets a copy using copy-on-write).",
+           "no page is copied yet: the child gets a copy using copy-on-write (Kernel Programming\n"
+           "Guide, Memory and Virtual Memory).",
            [parent, child], {"same frame": _frame(parent, a) == _frame(child, a)
                              if _frame(child, a) >= 0 else "not mapped yet"})
     child.read(a, 4 * PS)
@@ -234,7 +235,7 @@ def pageout(n: Narrator) -> None:
     n.step("write every page",
            "Zero-fill faults until free falls below free_min; then the pageout daemon moves\n"
            "unreferenced active pages to inactive and writes dirty ones to the default pager\n"
-           "in clusters (seed 001 'Paging Virtual Memory Out').", [t])
+           "in clusters (Memory Management in Mac OS X, 'Paging Virtual Memory Out').", [t])
     ok = all(int.from_bytes(t.read(a + off, 8), "little") == off for off in range(0, 64 * PS, PS))
     n.step("read back the first 64 pages",
            "Hard faults: the pager returns the pages (pageins); other pages are paged out to\n"
@@ -265,7 +266,7 @@ def shadow_collapse(n: Narrator) -> None:
     n.step("six fork / write / exit rounds",
            "Each fork makes both sides shadow the old object (depth 1 while the child lives);\n"
            "when the child exits its shadow dies and the parent's chain is collapsed into one\n"
-           "object again (xnu.md 7), so repeated fork does not grow the chain.",
+           "object again (vm_object_collapse), so repeated fork does not grow the chain.",
            [t], {"depth while the child lives": living, "depth after it exits": after,
                  "collapses": k.stats.collapses, "bypasses": k.stats.bypasses})
     keep = []
@@ -300,8 +301,8 @@ def named_entry(n: Narrator) -> None:
     h = k.make_memory_entry(a, x, 4 * PS)
     y = b.vm_map(h)
     n.step("mach_make_memory_entry + vm_map",
-           "A named entry is a handle to the object (seed 004); the client maps it: the same\n"
-           "object, shared (SM=SHM).", [a, b], {"client reads": b.read(y, 21).decode()})
+           "A named entry is a handle to the object (Kernel Programming Guide, Named Entries);\n"
+           "the client maps it: the same object, shared (SM=SHM).", [a, b], {"client reads": b.read(y, 21).decode()})
     b.write(y + 100, b"reply")
     n.step("client writes", "The server sees the client's write: one object, no copy.",
            [a, b], {"server reads": a.read(x + 100, 5).decode()})
@@ -342,8 +343,9 @@ def shared_region(n: Narrator) -> None:
     n.step("app1 runs the library's text", "Six page-ins from the library file.", [a])
     b.read(lib.text_address, 6 * PS)
     n.step("app2 runs the same text",
-           "No fault at all: the text's translations are shared (seed 003, 'including the\n"
-           "underlying pmap entries'); one frame per text page.", [b],
+           "No fault at all: the text's translations are shared ('including the underlying pmap\n"
+           "entries', Kernel Programming Guide, VM Shared Memory Server Subsystem); one frame\n"
+           "per text page.", [b],
            {"same frames": _frame(a, lib.text_address) == _frame(b, lib.text_address)})
     a.write(lib.data_address, b"app1 state")
     n.step("app1 writes its data",
@@ -373,7 +375,8 @@ def wired_pressure(n: Narrator) -> None:
 
     k = Kernel(memory="4MiB", wired_accounting=True)
     n.start(k)
-    n.step("boot", "Only the page and map tables are wired (3/64 of memory, from seed 001).", [],
+    n.step("boot", "Only the page and map tables are wired (3/64 of memory, from Memory Management in\n"
+           "Mac OS X).", [],
            {"wired report": format_wired_report(wired_report(k))})
     tasks = [k.task_create(f"proc{i}") for i in range(12)]
     for t in tasks:
@@ -383,8 +386,8 @@ def wired_pressure(n: Narrator) -> None:
     contig = kmem_alloc_contig(km, 4 * PS)
     n.step("12 processes, each with a blocked thread; kmem allocations",
            "Each process costs 16 KB, each blocked thread 21 KB, each in a continuation 5 KB\n"
-           "(seed 001 table 2); kmem_alloc wires its pages, kmem_alloc_contig takes 4 adjacent\n"
-           "frames after sorting the free list.", [],
+           "(Memory Management in Mac OS X, Wired Memory); kmem_alloc wires its pages,\n"
+           "kmem_alloc_contig takes 4 adjacent frames after sorting the free list.", [],
            {"wired report": format_wired_report(wired_report(k)),
             "contig frames": k.kmem.physical_frames(contig, 4 * PS),
             "kmem_alloc at": hex(buf)})
@@ -448,7 +451,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_scenario_parser(subparsers) -> argparse.ArgumentParser:
     """Add `scenario` to a CLI's subparsers (vmcore/cli.py); dispatch with run_scenario_command."""
     p = subparsers.add_parser(
-        "scenario", help="narrated runs of the seeds' mechanisms (fork-cow, pageout, ...)",
+        "scenario", help="narrated runs of the modelled Mach VM mechanisms (fork-cow, pageout, ...)",
         description="Run a narrated scenario: each step prints what happened, a vmmap-style "
                     "region listing and the vm_stat deltas. --list names them.")
     _configure(p)

@@ -1,12 +1,12 @@
-"""The shared memory server's shared region (seed 003 "VM Shared Memory Server Subsystem", seed 004
-submaps / use_pmap): shared libraries loaded once into two submaps that every task maps.
+"""The shared memory server's shared region ("VM Shared Memory Server Subsystem"; submaps and
+use_pmap, docs/mach-vm.md#the-shared-region): shared libraries loaded once into two submaps that every task maps.
 
 Owns: `SharedRegions` (one set of the two regions: a TEXT submap and a DATA submap, with the
 libraries loaded into them), `LoadedLibrary`, `SharedFileMapping`, and the three calls the seed
 names: `load_shared_file`, `reset_shared_file`, `new_system_shared_regions` (plus
 `unload_shared_file`, which always refuses, and `library_pager`, bytes -> an in-memory "file").
 
-How it maps onto the model (seed 004: "shared libraries are handled with two submaps. The read-only
+How it maps onto the model ("Memory Maps Explained": "shared libraries are handled with two submaps. The read-only
 shared code section has use_pmap set to true. The read-write (nonshared) section has use_pmap set
 to false, forcing a clean copy of the library's DATA segment to be mapped in from disk for each new
 task"):
@@ -21,12 +21,12 @@ task"):
     mount, or any vmcore.pager.Pager, or bytes through vmcore.testing.MemoryPager), external (not
     anonymous): its read-only mappings go to the TEXT submap, its writable ones to the DATA submap,
     at the same offset in both (the library's base).
-  * The submaps are permanent: "a shared library cannot be unshared" (seed 003). Loading is
+  * The submaps are permanent: "a shared library cannot be unshared" (Kernel Programming Guide). Loading is
     idempotent for the same file; new_system_shared_regions makes a fresh set that tasks created
     afterwards get (Kernel.task_create attaches kernel.shared_regions), while existing tasks and
     their forks keep the set they have.
   * Users: a task uses a library once it called load_shared_file for it (dyld linking it), or was
-    forked from a user; vmcore.wired charges 2 KB + 200 B per user (seed 001, table 2).
+    forked from a user; vmcore.wired charges 2 KB + 200 B per user ("Wired Memory", table 2).
 
 Caveats: addresses are the 10.3 PowerPC ones (text 0x90000000, data 0xA0000000, 256 MiB each);
 libraries are placed by a bump allocator (never unloaded, so never a hole); there is no prebinding
@@ -353,7 +353,7 @@ def reset_shared_file(task, name: str) -> int:
 
 def unload_shared_file(task, name: str) -> None:
     """Always refused: "Once such a file is loaded, other tasks can then depend on it, so a shared
-    library cannot be unshared" (seed 003)."""
+    library cannot be unshared" (VM Shared Memory Server Subsystem)."""
     regions = task.shared_regions
     where = regions.name if regions is not None else "the shared region"
     raise InvalidArgument(

@@ -1,4 +1,4 @@
-"""vm_stat counters (struct vm_statistics, xnu.md 4.3) and the 10.4 `vm_stat` text layout (8.1).
+"""vm_stat counters (struct vm_statistics, xnu-792) and the 10.4 `vm_stat` text layout.
 
 Owns: `VMStats` (plain int counters bumped by fault.py, pageout.py and the kernel; queue lengths are
 read from PhysicalMemory when a snapshot is taken), `VM_STAT_KEYS` (the macOS labels, in vm_stat's

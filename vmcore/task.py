@@ -17,7 +17,7 @@ set in numpy batches and the replacement policy gets the frames in one `referenc
 no Python runs per hit. A miss goes through vmcore.fault.vm_fault. Hits computed before a fault are
 reused only if no translation was removed in between (kernel.pmap_epoch unchanged).
 
-fork (seed 004, xnu vm_map_fork): per entry inheritance: none -> nothing; shared -> the child maps
+fork (docs/mach-vm.md#fork, xnu vm_map_fork): per entry inheritance: none -> nothing; shared -> the child maps
 the same object (a needs_copy entry gets its shadow first, the object becomes true_share); copy ->
 symmetric copy-on-write (both entries needs_copy, the parent's translations write-protected), or
 an eager copy (vm_object_copy_slowly) when the object is true_share. Submap entries are always
@@ -582,7 +582,7 @@ class Task:
         For a named region (submap): use_pmap (default: not copy) shares the submap's
         translations with every other task that maps it nested; copy=True maps it copy-on-write
         (use_pmap false): the task sees the submap's pages until it writes, and a write gives it
-        a private copy of that submap entry's pages (seed 004's shared-library DATA submap)."""
+        a private copy of that submap entry's pages (the shared-library DATA submap of the Kernel Programming Guide)."""
         from vmcore.memory_entry import NamedEntry
 
         self._alive()

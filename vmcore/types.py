@@ -2,7 +2,7 @@
 
 Owns: `parse_size` ("64MiB" -> bytes), the Mach protection bits (VM_PROT_READ/WRITE/EXECUTE) with
 their "rwx" spelling, `Inherit` (VM_INHERIT_SHARE / COPY / NONE), `Behavior` (VM_BEHAVIOR_DEFAULT /
-RANDOM / SEQUENTIAL / RSEQNTL), the vmmap share-mode codes (xnu.md 8.2), `FaultKind` and the
+RANDOM / SEQUENTIAL / RSEQNTL), the vmmap share-mode codes (vm_region.h SM_*), `FaultKind` and the
 `FaultEvent` record handed to the kernel's event sink.
 
 Invariants: protections are ints made of the three VM_PROT bits; every parser raises
@@ -25,13 +25,13 @@ VM_PROT_EXECUTE = 4
 VM_PROT_ALL = 7
 VM_PROT_DEFAULT = VM_PROT_READ | VM_PROT_WRITE
 
-#: MAX_UPL_TRANSFER: the largest UPL / pageout cluster, in pages (xnu.md 6)
+#: MAX_UPL_TRANSFER: the largest UPL / pageout cluster, in pages (xnu-792)
 MAX_UPL_TRANSFER = 256
-#: tws_build_cluster's max_length in 10.2-10.4: 256 KB (xnu.md 1.4, 5.2)
+#: tws_build_cluster's max_length in 10.2-10.4: 256 KB (xnu-344 to xnu-792)
 TWS_MAX_CLUSTER_BYTES = 0x40000
-#: VM_SUPER_CLUSTER: the default pager's largest read or write (xnu.md 3.5)
+#: VM_SUPER_CLUSTER: the default pager's largest read or write (xnu-792)
 VM_SUPER_CLUSTER_BYTES = 0x40000
-#: vm_default_behind (xnu.md 5.2, 792 deactivate-behind)
+#: vm_default_behind (xnu-792 deactivate-behind)
 VM_DEFAULT_BEHIND = 256
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
@@ -95,7 +95,7 @@ def prot_str(p: int) -> str:
 
 
 class Inherit(enum.IntEnum):
-    """vm_inherit_t: what a child task gets of a map entry at fork (seed 004)."""
+    """vm_inherit_t: what a child task gets of a map entry at fork (docs/mach-vm.md#fork)."""
 
     SHARE = 0
     COPY = 1
@@ -118,7 +118,7 @@ class Inherit(enum.IntEnum):
 
 
 class Behavior(enum.IntEnum):
-    """vm_behavior_t: the paging reference behaviour of a range (seed 004, xnu.md 5)."""
+    """vm_behavior_t: the paging reference behaviour of a range (docs/mach-vm.md#faults)."""
 
     DEFAULT = 0
     RANDOM = 1
@@ -141,7 +141,7 @@ class Behavior(enum.IntEnum):
             f"behavior {value!r} is not one of default, random, sequential, rseqntl")
 
 
-# vmmap share modes (osfmk/mach/vm_region.h SM_* and their vmmap spellings, xnu.md 8.2)
+# vmmap share modes (osfmk/mach/vm_region.h SM_* and their vmmap spellings)
 SM_COW = "COW"
 SM_PRIVATE = "PRV"
 SM_EMPTY = "NUL"
@@ -160,7 +160,7 @@ class FaultKind(enum.Enum):
 
 
 class FaultEvent(NamedTuple):
-    """One fault, as handed to the kernel's event sink (issue 5's working-set detection)."""
+    """One fault, as handed to the kernel's event sink (working-set detection, vmcore.workingset)."""
 
     task: object
     object_id: int  # the VM object that supplied (or received) the page

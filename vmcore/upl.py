@@ -1,4 +1,4 @@
-"""Universal page lists (seed 004 "Universal Page Lists", xnu.md 6): a bounded list of an object's
+"""Universal page lists (docs/mach-vm.md#universal-page-lists, xnu-792): a bounded list of an object's
 pages handed to a pager for one pagein or pageout transaction, then committed or aborted.
 
 Owns: `UPL` and the flag values of osfmk/mach/memory_object_types.h that the model implements.

@@ -1,11 +1,11 @@
-"""Wired-memory accounting of kernel resources (seed 001 "Wired Memory", table 2), with lazy reclaim.
+"""Wired-memory accounting of kernel resources ("Wired Memory", table 2), with lazy reclaim.
 
 Owns: `WiredAccounting` (enabled per kernel: `Kernel(wired_accounting=True)` or
 `enable_wired_accounting(kernel)`), the per-resource costs of table 2, the model's threads and
 ports (`thread_create`, `Thread.block` / `block_in_continuation`, `thread_terminate`,
 `port_allocate`, `port_deallocate`), `wired_report` / `format_wired_report`.
 
-Seed 001: "There is memory overhead associated with each kernel resource expended on behalf of a
+Memory Management in Mac OS X: "There is memory overhead associated with each kernel resource expended on behalf of a
 program." Table 2 (bytes the kernel wires per resource), charged here:
     process                16 KB                      each live task
     thread                 5 KB blocked in a continuation, 21 KB blocked
@@ -19,7 +19,7 @@ program." Table 2 (bytes the kernel wires per resource), charged here:
     memory region          160 B                      each vm_map_entry of a user task
   and "Wired data structures are also associated with the physical page and map tables ... Both
   of these entities scale with the amount of available physical memory": the model charges
-  TABLE_FRACTION = 3/64 of physical memory (192 B per 4 KiB page). Source: the seed's own boot
+  TABLE_FRACTION = 3/64 of physical memory (192 B per 4 KiB page). Source: Apple's own boot
   figures, "approximately 14 megabytes of a 64 megabyte system and 17 megabytes of a 128 megabyte
   system": (17 - 14) MB / (128 - 64) MB = 3/64. The fixed remainder (14 MB - 3 MB = 11 MB of kernel
   code and boot data) is not charged: the model has no kernel image, and it would not fit the
@@ -59,7 +59,7 @@ MAPPING_BYTES = 32
 LIBRARY_BYTES = 2 * KB
 LIBRARY_PER_TASK_BYTES = 200
 REGION_BYTES = 160
-#: page and map tables: 3/64 of physical memory (seed 001's 14 MB @ 64 MB, 17 MB @ 128 MB)
+#: page and map tables: 3/64 of physical memory (Apple's 14 MB @ 64 MB, 17 MB @ 128 MB)
 TABLE_FRACTION = (3, 64)
 
 CONTINUATION = "continuation"

@@ -1,8 +1,8 @@
 """Working-set detection (TWS) and launch profiles: what an application touched when it started.
 
-Owns (the model side of issue 5 items 4-8; no file I/O here, swapd.profiles stores profiles):
+Owns (the model side of launch profiles; no file I/O here, swapd.profiles stores profiles):
   * `AppIdentity(path, inode, mtime_ns)`: the executable a profile belongs to; a changed identity
-    means a new profile (xnu.md 2.4: inode + mtime, the name keys the file).
+    means a new profile (as in xnu-792: inode + mtime, the name keys the file).
   * `Profile`: one application's launch working set for one uid: file pages keyed by (path relative
     to the mount root, page number) and anonymous pages keyed by virtual page number, each with the
     number of launches that touched it and the first-touch time / order. Entries live in one
@@ -10,7 +10,7 @@ Owns (the model side of issue 5 items 4-8; no file I/O here, swapd.profiles stor
     anonymous pages last; a 100k-page profile is 3.2 MB and loads with one `np.frombuffer`.
   * `encode_profile(profile) -> bytes` / `decode_profile(data) -> Profile`: the versioned,
     checksummed on-disk format of docs/app_profile-format.md (pure bytes, so vnodefs' real-program
-    profiles (issue 6) and swapd's store share one codec). Limits: `MAX_ENTRIES`, `MAX_FILES`,
+    profiles (vnodefs.seeding) and swapd's store share one codec). Limits: `MAX_ENTRIES`, `MAX_FILES`,
     `MAX_PATH_BYTES`, `MAX_APP_BYTES`, `MAX_PROFILE_BYTES`.
   * `WorkingSetRecorder`: an event sink for vmcore.kernel.Kernel (a callable taking a
     vmcore.types.FaultEvent). For each task it was told to record (`start`), it keeps the faults
@@ -19,7 +19,7 @@ Owns (the model side of issue 5 items 4-8; no file I/O here, swapd.profiles stor
     virtual page), and produces a `Profile` at the first fault past the window (XNU's
     KERN_OPERATION_TIMED_OUT), on `poll()`, or when asked (`finish`, at task terminate). It also
     answers the kernel's `working_set` hook, `contains(task, obj, pidx)`: did this task touch that
-    page of that object before (the cluster widening of xnu.md 1.4 path B)?
+    page of that object before (the cluster widening of xnu-792's tws_build_cluster)?
   * `merge_profiles(profiles, min_count=1)`: several launches into one, keeping pages touched in at
     least min_count launches (iorap's min_traces, BootCache's merge).
   * `ProfileStore`: the protocol swapd.profiles.AppProfileStore implements.
@@ -38,7 +38,7 @@ resolver from its vnode pager, sets it as `kernel.event_sink` (and `kernel.worki
 tasks from a ProfileStore; swapd.profiles and the `swapd profiles` CLI use the data model and codec.
 
 Caveats:
-  * Anonymous pages are keyed by virtual address, as XNU keyed every page (xnu.md 1.5 note): they
+  * Anonymous pages are keyed by virtual address, as XNU keyed every page (xnu-792 TWS): they
     only help when the next launch lays its memory out at the same addresses (the model's
     deterministic allocator does).
   * The recorder keeps every fault of a recorded task in its window (no TWS line recycling), so the
@@ -61,15 +61,15 @@ import numpy as np
 
 from vmcore.types import MAX_UPL_TRANSFER, FaultEvent
 
-# ---- constants (xnu.md 1, 2, 9) -------------------------------------------------------------------
+# ---- constants (xnu-792's TWS and app_profile) ---------------------------------------------------
 
-#: TWS's launch window: a profile records the first 45 s of task time (xnu.md 1.1, 1.5)
+#: TWS's launch window: a profile records the first 45 s of task time (xnu-792)
 PROFILE_WINDOW_S = 45.0
-#: a TWS element covers one 32-page (128 KB at 4 KiB) frame of an object (xnu.md 1.1)
+#: a TWS element covers one 32-page (128 KB at 4 KiB) frame of an object (xnu-792)
 CLUSTER_FRAME_PAGES = 32
-#: XNU's "community" threshold: a frame needs this many recorded pages to be pre-heated (xnu.md 1.4)
+#: XNU's "community" threshold: a frame needs this many recorded pages to be pre-heated (xnu-792)
 TWS_COMMUNITY_PAGES = 4
-#: eager seeding's largest request, in pages (MAX_UPL_TRANSFER, xnu.md 9)
+#: eager seeding's largest request, in pages (MAX_UPL_TRANSFER)
 MAX_REQUEST_PAGES = MAX_UPL_TRANSFER
 
 #: file index of an anonymous entry (its page is a virtual page number)
@@ -80,7 +80,7 @@ ENTRY_DTYPE = np.dtype([("file", "<u4"), ("count", "<u4"), ("page", "<u8"), ("fi
                         ("order", "<u4"), ("reserved", "<u4")])
 assert ENTRY_DTYPE.itemsize == 32
 
-# ---- limits (xnu.md 2.4: XNU had none and its files only grew; we bound everything we read) ------
+# ---- limits (xnu-792 had none and its files only grew; we bound everything we read) --------------
 MAX_ENTRIES = 1 << 22  # 4,194,304 pages = 16 GiB of working set at 4 KiB; 128 MiB of entries
 MAX_FILES = 1 << 16
 MAX_PATH_BYTES = 4096  # PATH_MAX
@@ -907,7 +907,7 @@ def coalesce(pages_by_file: Mapping[Any, Iterable[int]], max_request_pages: int 
 
 
 class LazySeeder:
-    """XNU's lazy seeding (xnu.md 1.6): the first touch of a page in a 32-page frame of a file (or
+    """XNU's lazy seeding (xnu-792): the first touch of a page in a 32-page frame of a file (or
     of the address space, key None) returns the requests that bring in that frame's profiled
     pages; the frame is then consumed. Frames with fewer than min_pages profiled pages are never
     pre-heated (XNU's community threshold was TWS_COMMUNITY_PAGES = 4; the default 1 seeds all).

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", metavar="FILE", help="also write the summary as JSON (keys include wall_s, "
                    "exit_status, requests, bytes_read, pages_read, major_faults, trace)")
     r.add_argument("--quiet", action="store_true", help="do not print the summary")
-    g = r.add_argument_group("launch profiles (issue 6: record a real program's launch, seed the next ones)")
+    g = r.add_argument_group("launch profiles (record a real program's launch, seed the next ones)")
     g.add_argument("--profile", metavar="APP", help="use the launch profile APP of the command's executable "
                    "(path + inode + mtime): the first run records the pages the command's process tree read "
                    "through the mount into VAR/vm/app_profile/<uid>/APP.aprof; later runs prefetch them, then "

@@ -4,7 +4,7 @@ Owns: the event record format, `EventWriter` (the daemon side: never blocks, nev
 `EventReader` (the VM side: a cheap `pending()` check, then `read()`), `open_channel()` (creates
 both ends and the config the daemon needs), and `Event`. Imports only the standard library.
 
-This is the "FileEvents" back edge of the layout sketch: XNU's ubc_setsize / FreeBSD's
+This is the "FileEvents" back edge of the module layout: XNU's ubc_setsize / FreeBSD's
 vnode_pager_setsize. The file system reports; the wiring layer (vmcore.lab_files) applies the
 report to the file's VM object (drops pages past the new end). vnodefs never imports vmcore's
 object module and the reader never calls into vnodefs.

@@ -1,4 +1,4 @@
-"""The vnode pager: a vmcore memory object over one real file (seed 003's vnode pager).
+"""The vnode pager: a vmcore memory object over one real file (docs/mach-vm.md#pagers).
 
 Owns: `VnodePager(path, page_size=4096, writable=True, name=None, notify=None)`, a vmcore.pager.Pager of kind
 VNODE over the file at `path` (normally a file under a vnodefs mount, so that every page-in and

@@ -1,4 +1,4 @@
-"""Prefetching a launch profile's pages through vnodefs (issue 6 item 3; BootCache B.4, iorap B.5).
+"""Prefetching a launch profile's pages through vnodefs (after BootCache and Android's iorap).
 
 Owns the three prefetch strategies of `vnodefs run --profile` and the host-side helpers they need:
 

@@ -2,11 +2,11 @@
 
 Owns: `run_seeded(...) -> (exit status, report dict)`, `format_report(report)`, `SeedingError`,
 `exe_identity(command, source)`. Called by vnodefs.cli (`run --profile`); the seeding experiment
-(issue 6 item 4) may call run_seeded directly.
+(vmcore.experiment) may call run_seeded directly.
 
 Flow of one run:
   1. identity = the command's executable (shutil.which of argv[0]; `{mnt}` in it resolved against
-     SOURCE): absolute path, inode, mtime (xnu.md 2.4). The profile lives in
+     SOURCE): absolute path, inode, mtime (as XNU's app_profile). The profile lives in
      VAR/vm/app_profile/<uid>/APP.aprof (swapd.profiles.AppProfileStore: same format and rules as
      the model's profiles). A missing, stale or damaged profile (reported in one line, moved aside
      by the store) means this run is cold.

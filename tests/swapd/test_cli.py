@@ -108,7 +108,7 @@ def test_bad_input_one_line_on_stderr(tmp_path):
 
 
 def test_profiles_command_is_hooked_in(tmp_path):
-    """`swapd profiles ...` (issue 5's command, defined in swapd.profiles_cli) runs from the main
+    """`swapd profiles ...` (defined in swapd.profiles_cli) runs from the main
     `swapd` entry point."""
     r = swapd("profiles", "list", "--var", str(tmp_path))
     assert r.returncode == 0, r.stderr

@@ -81,7 +81,7 @@ def test_footprint_64x_memory_every_byte_back(tmp_path):
                 if msg:
                     removed.append(msg.split()[1])
             assert removed == [f"swapfile{i}" for i in range(nfiles - 1, 1, -1)], removed
-            assert len(pool.status()["files"]) == 2  # xnu.md 3.2: unreachable with two files
+            assert len(pool.status()["files"]) == 2  # XNU's low-water table: unreachable with two files
         finally:
             k.close()
     assert not [n for n in os.listdir(swapdir) if n.startswith("swapfile")]

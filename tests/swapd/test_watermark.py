@@ -1,4 +1,4 @@
-"""Invariant guarded: the dynamic pager's decisions follow xnu.md section 3: the 64, 64, 128, 256,
+"""Invariant guarded: the dynamic pager's decisions follow dynamic_pager (system_cmds-279..433): the 64, 64, 128, 256,
 512 MiB, 1 GiB size table (scaled, capped, whole clusters), the per-file low-water table, GROW as
 soon as free swap is below the hi-water mark, SHRINK only after `lo_checks` consecutive low-water
 checks at least `interval` apart (any check at or below the mark resets the count), never SHRINK
@@ -32,7 +32,7 @@ def test_size_cap_and_rounding():
 def test_low_water_table_matches_xnu():
     sizes = [64 * MiB, 64 * MiB, 128 * MiB, 256 * MiB, 512 * MiB, 1024 * MiB]
     lows = [wm.low_water(i, sizes, wm.HI_WATER_DEFAULT) for i in range(6)]
-    # xnu.md 3.2: 128, 128, 192, 320, 640, 1280 MiB
+    # XNU's low-water table: 128, 128, 192, 320, 640, 1280 MiB
     assert lows == [128 * MiB, 128 * MiB, 192 * MiB, 320 * MiB, 640 * MiB, 1280 * MiB]
 
 

@@ -1,4 +1,4 @@
-"""Invariant guarded: every bad input of issue 3 item 12 gets one clear VMError (a one-line message
+"""Invariant guarded: every bad input gets one clear VMError (a one-line message
 naming what was wrong) and changes nothing: unaligned or overlapping fixed allocations, zero or
 absurd sizes, unknown policy, memory below the kernel's reserve, bad protections / inheritance /
 behaviours, bad addresses."""

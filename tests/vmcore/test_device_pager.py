@@ -1,4 +1,4 @@
-"""The device pager (issue 7 item 3), against seed 003: "The device pager allows you to map
+"""The device pager, against the Kernel Programming Guide's "Pagers": "The device pager allows you to map
 non-general-purpose memory with the cache characteristics required for that memory (WIMG).
 Non-general-purpose memory includes physical addresses that are mapped onto hardware other than
 main memory-for example, PCI memory, frame buffer memory, and so on." """

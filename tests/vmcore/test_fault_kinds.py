@@ -1,7 +1,7 @@
 """Invariant guarded: every fault is classified and counted once (zero fill, soft, hard, cow; each
 a "Translation fault"), the event sink sees each one with its object, offset, kind and address,
 pmap hits are not faults, an inactive page touched by a fault is reactivated, and behaviour drives
-deactivate-behind as in 10.4 (xnu.md 5.2)."""
+deactivate-behind as in 10.4 (xnu-792)."""
 
 from vmcore import invariants
 from vmcore.clock import ManualClock

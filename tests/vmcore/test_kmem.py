@@ -1,4 +1,4 @@
-"""Kernel allocations (issue 7 item 4) against seed 004, "Allocating Memory Using Mach Routines"."""
+"""Kernel allocations against the Kernel Programming Guide, "Allocating Memory Using Mach Routines"."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def k():
 
 
 def test_wired_and_pageable(k):
-    """Seed 004: "All of the kmem_alloc functions except kmem_alloc_pageable allocate wired memory.
+    """Guide: "All of the kmem_alloc functions except kmem_alloc_pageable allocate wired memory.
     The function kmem_alloc_pageable creates the appropriate VM structures but does not back the
     region with physical memory." ... "kmem_alloc_wired is synonymous with kmem_alloc"."""
     km = kernel_map(k)
@@ -49,7 +49,7 @@ def test_wired_and_pageable(k):
 
 
 def test_aligned_needs_a_power_of_two(k):
-    """Seed 004: "The function kmem_alloc_aligned allocates memory aligned according to the value
+    """Guide: "The function kmem_alloc_aligned allocates memory aligned according to the value
     of the size argument, which must be a power of 2." """
     km = kernel_map(k)
     kmem_alloc(km, PS)  # so the next free address is not already aligned
@@ -64,7 +64,7 @@ def test_aligned_needs_a_power_of_two(k):
 
 
 def test_free_needs_the_size(k):
-    """Seed 004: "Unlike the standard C free function, kmem_free requires the length of the
+    """Guide: "Unlike the standard C free function, kmem_free requires the length of the
     object." ... "you must free an entire object, not just a portion of one." """
     km = kernel_map(k)
     a = kmem_alloc(km, 4 * PS)
@@ -86,7 +86,7 @@ def test_free_needs_the_size(k):
 
 
 def test_contig_is_contiguous_and_sorts_the_free_list(k):
-    """Seed 004: "The function kmem_alloc_contig attempts to allocate a block of physically
+    """Guide: "The function kmem_alloc_contig attempts to allocate a block of physically
     contiguous memory. This is not always possible, and requires a full sort of the system free
     list even for short allocations." """
     km = kernel_map(k)

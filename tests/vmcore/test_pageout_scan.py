@@ -1,4 +1,4 @@
-"""Invariant guarded: each queue transition of the pageout scan (xnu.md 4.2) happens as specified:
+"""Invariant guarded: each queue transition of the pageout scan (xnu-792) happens as specified:
 active -> inactive (reference bit cleared) while inactive < inactive_target; a referenced inactive
 page is reactivated (counted); an unreferenced clean page is freed without I/O; a dirty one is
 written to its pager in a cluster (one data_return per run) and freed ("Pageouts"); the scan stops

@@ -8,7 +8,7 @@ One shared test mixin (cachetools' CacheTestMixin shape) runs against lru, fifo 
   * referenced() accepts any integer array (int32, int64, uint, views, empty) and ignores
     untracked frames (hits on wired pages);
   * with no tracked frame, select_victim raises ResourceShortage (one line).
-Then each policy's own definition (issue 3 item 10) is checked on hand-made sequences, and a seeded
+Then each policy's own definition (vmcore.policy) is checked on hand-made sequences, and a seeded
 differential run with removals compares each policy with a plain-Python model of its definition.
 """
 

@@ -1,4 +1,4 @@
-"""Invariant guarded: vm_region / regions report what vmmap shows (xnu.md 8.2): bounds,
+"""Invariant guarded: vm_region / regions report what vmmap shows: bounds,
 protections, inheritance, behaviour, share mode (NUL / PRV / COW / SHM / ALI), resident, dirty and
 swapped page counts; vm_stat has the macOS keys and format_vm_stat the 10.4 layout (8.1)."""
 

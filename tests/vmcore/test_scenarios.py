@@ -1,4 +1,4 @@
-"""Narrated scenarios (issue 7 item 5): every scenario runs, as text and as JSON, through the
+"""Narrated scenarios: every scenario runs, as text and as JSON, through the
 argparse wiring (`add_scenario_parser` / `run_scenario_command`) and `python -m vmcore.scenario`."""
 
 from __future__ import annotations

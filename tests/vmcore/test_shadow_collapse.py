@@ -1,4 +1,4 @@
-"""Invariant guarded: shadow chains do not grow without bound (xnu.md 7): when the other user of a
+"""Invariant guarded: shadow chains do not grow without bound (vm_object_collapse): when the other user of a
 backing object goes away its single-reference backing object is collapsed into the shadower, and
 a shadower that covers every page bypasses its backing object. Bound asserted: depth <= 2 after
 any number of fork + write + terminate rounds."""

@@ -1,5 +1,5 @@
-"""The shared region (issue 7 item 1): seed 003 "VM Shared Memory Server Subsystem" and seed 004's
-submap / use_pmap text, each test against the sentence it checks."""
+"""The shared region: the Kernel Programming Guide's "VM Shared Memory Server Subsystem" and its
+"Memory Maps Explained" submap / use_pmap text, each test against the sentence it checks."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def k():
 
 
 def test_text_shared_by_every_task_including_translations(k):
-    """Seed 003: "The read-only portions are completely shared between tasks, including the
-    underlying pmap entries." Seed 004: "The read-only shared code section has use_pmap set to
+    """VM Shared Memory Server Subsystem: "The read-only portions are completely shared between tasks, including the
+    underlying pmap entries." Memory Maps Explained: "The read-only shared code section has use_pmap set to
     true." One frame per text page system-wide; a task never faults on a text page another task
     already brought in."""
     blob = _blob()
@@ -66,8 +66,8 @@ def test_text_shared_by_every_task_including_translations(k):
 
 
 def test_data_shared_until_first_write_then_private_copy(k):
-    """Seed 003: "The read-write portions share a common submap, but have different underlying
-    data objects (achieved through copy-on-write)." Seed 004: "The read-write (nonshared) section
+    """VM Shared Memory Server Subsystem: "The read-write portions share a common submap, but have different underlying
+    data objects (achieved through copy-on-write)." Memory Maps Explained: "The read-write (nonshared) section
     has use_pmap set to false"."""
     blob = _blob()
     a, b = k.task_create("a"), k.task_create("b")
@@ -99,7 +99,7 @@ def test_data_shared_until_first_write_then_private_copy(k):
 
 
 def test_reset_restores_the_files_bytes(k):
-    """Seed 003: "The function reset_shared_file can be used to reset any changes that your task
+    """VM Shared Memory Server Subsystem: "The function reset_shared_file can be used to reset any changes that your task
     may have made to its private copy of the data section for a file." """
     blob = _blob(11)
     a = k.task_create("a")
@@ -120,7 +120,7 @@ def test_reset_restores_the_files_bytes(k):
 
 
 def test_new_regions_do_not_disturb_old_tasks(k):
-    """Seed 003: "a new set of shared regions can be created with new_system_shared_regions so that
+    """VM Shared Memory Server Subsystem: "a new set of shared regions can be created with new_system_shared_regions so that
     no new tasks will use old libraries." ... "(Users of old shared libraries will still work"."""
     old_blob, new_blob = _blob(3), _blob(5)
     first = new_system_shared_regions(k)
@@ -145,7 +145,7 @@ def test_new_regions_do_not_disturb_old_tasks(k):
 
 
 def test_a_loaded_library_cannot_be_unloaded(k):
-    """Seed 003: "Once such a file is loaded, other tasks can then depend on it, so a shared
+    """VM Shared Memory Server Subsystem: "Once such a file is loaded, other tasks can then depend on it, so a shared
     library cannot be unshared." """
     a = k.task_create("a")
     lib = load_shared_file(a, "libBar", _blob(), text_size=NTEXT * PS)
@@ -165,7 +165,7 @@ def test_a_loaded_library_cannot_be_unloaded(k):
 
 
 def test_mappings_layout_pager_and_pressure(k):
-    """Seed 003's load_shared_file takes the file's mappings: read-only ones go to the text
+    """The Kernel Programming Guide's load_shared_file takes the file's mappings: read-only ones go to the text
     region, writable ones to the data region; a library is a file paged through its pager, so its
     text survives memory pressure (paged out clean, paged back in)."""
     blob = _blob(13, 12)
@@ -196,7 +196,7 @@ def test_mappings_layout_pager_and_pressure(k):
 
 
 def test_use_pmap_on_named_regions(k):
-    """Seed 004: "the use_pmap field indicates whether a submap's low-level mappings should be
+    """Memory Maps Explained: "the use_pmap field indicates whether a submap's low-level mappings should be
     shared among all tasks into which the submap is mapped. If the mappings are not shared, then
     the structure of the map is shared among all tasks, but the actual contents of the pages are
     not." """

@@ -1,4 +1,4 @@
-"""Invariant guarded: UPLs behave as memory_object_types.h says (xnu.md 6): RET_ONLY_DIRTY gathers
+"""Invariant guarded: UPLs behave as memory_object_types.h says (xnu-792): RET_ONLY_DIRTY gathers
 only dirty/precious pages, RET_ONLY_ABSENT skips resident pages and creates absent busy
 placeholders, CLEAN_IN_PLACE leaves pages mapped and resident, PRECIOUS marks created pages,
 NOBLOCK leaves busy pages as holes; commit/abort (and their _range forms) settle pages;

@@ -1,4 +1,4 @@
-"""Wired-memory accounting (issue 7 item 2) against seed 001 "Wired Memory", table 2."""
+"""Wired-memory accounting against Memory Management in Mac OS X, "Wired Memory", table 2."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _bytes(rep: dict, name: str) -> int:
 
 
 def test_wired_totals_equal_the_tables_sums():
-    """Seed 001, table 2: process 16 kilobytes; thread blocked in a continuation 5 kilobytes,
+    """Wired Memory, table 2: process 16 kilobytes; thread blocked in a continuation 5 kilobytes,
     blocked 21 kilobytes; Mach port 116 bytes; mapping 32 bytes; library 2 kilobytes plus 200
     bytes for each task that uses it; memory region 160 bytes. "Wired data structures are also
     associated with the physical page and map tables ... Both of these entities scale with the
@@ -85,7 +85,7 @@ def test_wired_totals_equal_the_tables_sums():
 
 
 def test_wired_memory_is_reclaimed_lazily_below_the_pageout_threshold():
-    """Seed 001: "Wired memory is not immediately released back to the free list when it becomes
+    """Wired Memory: "Wired memory is not immediately released back to the free list when it becomes
     invalid. Instead it is "garbage collected" when the free-page count falls below the threshold
     that triggers page out events." """
     k = Kernel(memory="4MiB", wired_accounting=True)
