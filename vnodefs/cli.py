@@ -51,6 +51,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "auto (default: fiemap where the host file system supports it, else synthetic)")
     p.add_argument("--cache", default="page", choices=("page", "direct"), help=CACHE_HELP)
     p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--allow-other", action="store_true", help="let every user use the mount (FUSE allow_other; "
+                   "needs root or user_allow_other in /etc/fuse.conf): the host's modes decide what each "
+                   "may do, and what a caller creates is the caller's, as on the host")
     p.add_argument("--xattr", action="store_true", help="serve extended attributes too (off by default: "
                    "the kernel then asks for security.capability before every write, one extra request each)")
 
@@ -172,7 +175,7 @@ def _trace_arg(args, kind: str) -> tuple[str | None, str | None]:
 
 
 def cmd_mount(args) -> int:
-    from vnodefs.mount import MountError, mount, serve, validate
+    from vnodefs.mount import MountError, check_allow_other, mount, serve, validate
 
     try:
         trace, note = _trace_arg(args, os.path.basename(os.path.abspath(args.mountpoint)) or "mount")
@@ -185,7 +188,9 @@ def cmd_mount(args) -> int:
         if args.foreground:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
                       "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
-                      "xattr": args.xattr, "layout": args.layout}
+                      "xattr": args.xattr, "layout": args.layout, "allow_other": args.allow_other}
+            if args.allow_other:
+                check_allow_other()
 
             def ready(msg):
                 print(f"vnodefs: mounted {args.source} on {args.mountpoint} (foreground; Ctrl-C or "
@@ -193,7 +198,7 @@ def cmd_mount(args) -> int:
 
             return serve(config, ready=ready)
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
-                  read_only=args.read_only, xattr=args.xattr, layout=args.layout)
+                  read_only=args.read_only, xattr=args.xattr, layout=args.layout, allow_other=args.allow_other)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
@@ -244,7 +249,8 @@ def cmd_run(args, command: list[str]) -> int:
         return _cmd_run_profile(args, command, trace)
     try:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
-                                      read_only=args.read_only, xattr=args.xattr, layout=args.layout)
+                                      read_only=args.read_only, xattr=args.xattr, layout=args.layout,
+                                      allow_other=args.allow_other)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127
@@ -273,7 +279,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
         status, summary = run_seeded(args.source, command, args.profile, trace, var=args.var,
                                      strategy=args.prefetch or DEFAULT_STRATEGY, record=args.record, window=args.window,
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
-                                     read_only=args.read_only, xattr=args.xattr,
+                                     read_only=args.read_only, xattr=args.xattr, allow_other=args.allow_other,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
                                      drop_cache=not args.no_drop_cache, layout=args.layout,
                                      log=lambda m: print(m, file=sys.stderr, flush=True))

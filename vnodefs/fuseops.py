@@ -96,13 +96,6 @@ class FsConfig:
 _RENAME_EXCHANGE = 2
 
 
-def _lstat_or_none(path):
-    try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
@@ -125,6 +118,102 @@ def _host_fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
+_LONG_PATH = 4096  # PATH_MAX: a host path of this many bytes or more is reached piece by piece
+
+_invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_invalidate_path.restype = ctypes.c_int
+
+
+class HardLinks:
+    """The names of multiply-linked regular files, so a change through one name reaches the others.
+
+    libfuse's high-level API gives every name its own kernel inode, each with its own cached
+    attributes and pages, where the host has one inode. So when a file with other names changes
+    (link, unlink, chmod, chown, utimens, truncate, write, fallocate, a copy into it), the kernel's
+    view of each other name seen so far is invalidated (fuse_invalidate_path: attributes and
+    cached pages). A metadata change does it before replying, so the next stat through any name
+    sees it. A write does it before replying too, unless another name of the file is open for
+    writing: that name's pages may be locked by a write waiting on this daemon, so the
+    invalidation goes to a notifier thread instead (a reader may see the old bytes for the few
+    microseconds until it runs)."""
+
+    def __init__(self):
+        #: inode -> mount paths seen for it (only inodes seen with more than one link)
+        self.names: dict[int, set[str]] = {}
+        #: open host fd -> (inode, mount path, opened for writing), for multiply-linked files
+        self.fds: dict[int, tuple[int, str, bool]] = {}
+        self._fuse = None
+        self._queue = None
+
+    def seen(self, ino: int, path: str) -> None:
+        names = self.names.get(ino)
+        if names is None:
+            names = self.names[ino] = set()
+        names.add(path)
+
+    def _fuse_ptr(self):
+        if self._fuse is None:
+            self._fuse = _get_ctx().contents.fuse
+        return self._fuse
+
+    def changed(self, ino: int, path: str, gone: bool = False, sync: bool = True) -> None:
+        """File `ino` changed through `path` (`gone`: that name was removed)."""
+        names = self.names.get(ino)
+        if not names:
+            return
+        if gone:
+            names.discard(path)
+        others = [n for n in names if n != path]
+        if not others:
+            return
+        f = self._fuse_ptr()
+        if sync:
+            for other in others:
+                _invalidate_path(f, other.encode("utf-8", "surrogateescape"))
+        else:
+            self._notify_later(f, others)
+
+    def changed_path(self, ops, path: str) -> None:
+        if not self.names or not path:
+            return
+        st = ops._lstat_or_none(path)
+        if st is not None and st.st_nlink > 1 and st.st_ino in self.names:
+            self.changed(st.st_ino, path)
+
+    def wrote(self, fd: int) -> None:
+        """A write, fallocate or copy through open fd `fd` (a multiply-linked file) completed."""
+        ent = self.fds.get(fd)
+        if ent is None:
+            return
+        ino, path, _w = ent
+        busy = any(i == ino and p != path and w for i, p, w in list(self.fds.values()))
+        self.changed(ino, path, sync=not busy)
+
+    def renamed(self, old: str, new: str) -> None:
+        if not self.names:
+            return
+        pre = old + "/"
+        for names in self.names.values():
+            names.discard(new)  # renamed over: that file lost the name
+            for n in [n for n in names if n == old or n.startswith(pre)]:
+                names.discard(n)
+                names.add(new + n[len(old):])
+
+    def _notify_later(self, f, paths) -> None:
+        if self._queue is None:
+            import queue
+            self._queue = queue.SimpleQueue()
+            threading.Thread(target=self._notifier, name="vnodefs-links", daemon=True).start()
+        for p in paths:
+            self._queue.put((f, p.encode("utf-8", "surrogateescape")))
+
+    def _notifier(self) -> None:
+        while True:
+            f, p = self._queue.get()
+            _invalidate_path(f, p)
+
+
 class Passthrough(mfusepy.Operations):
     """Every operation of a POSIX passthrough on `root`; raises OSError, never translates it.
 
@@ -136,15 +225,89 @@ class Passthrough(mfusepy.Operations):
     def __init__(self, config: FsConfig, trace: TraceWriter):
         self.config = config
         self.root = os.path.realpath(config.source)
+        #: the SOURCE directory, held open: every host call is relative to it (see _do)
+        self.rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._euid = os.geteuid()
         self.trace = trace
+        #: names of multiply-linked files, so a change through one name reaches the others
+        self.links = HardLinks()
         self.fid_of_fd: dict[int, int] = {}
         self.negotiated: dict = {}
         self._renameat2 = None
         #: vnodefs.events.EventWriter (the setsize back edge) or None; set by vnodefs.mount
         self.events = None
 
-    def _p(self, path: str) -> str:
-        return self.root + path
+    # -- host paths: every host call is relative to the SOURCE directory's fd -------------------
+    def _do(self, fn, path: str, *args, **kwargs):
+        """fn(relative path, *args, dir_fd=<its directory>, **kwargs) for mount path `path`.
+
+        Paths are relative to the SOURCE directory fd, so a path is as long on the host as the
+        caller made it inside the mount; one longer than the host's PATH_MAX (libfuse passes whole
+        paths from the mount root, which a caller deep inside the mount can make that long) is
+        reached by opening its parent directories a piece at a time."""
+        rel = path[1:] or "."
+        if len(rel) < _LONG_PATH:
+            return fn(rel, *args, dir_fd=self.rootfd, **kwargs)
+        d, name = self._walk(rel)
+        try:
+            return fn(name, *args, dir_fd=d, **kwargs)
+        finally:
+            os.close(d)
+
+    def _walk(self, rel: str):
+        """(an fd of the directory holding `rel`'s last component, that component): the caller
+        closes the fd."""
+        parent, _, name = rel.rpartition("/")
+        d = os.dup(self.rootfd)
+        try:
+            while parent:
+                if len(parent) < _LONG_PATH:
+                    piece, parent = parent, ""
+                else:
+                    cut = parent.rindex("/", 0, _LONG_PATH)
+                    piece, parent = parent[:cut], parent[cut + 1:]
+                nd = os.open(piece, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                os.close(d)
+                d = nd
+        except BaseException:
+            os.close(d)
+            raise
+        return d, name
+
+    def lstat(self, path: str) -> os.stat_result:
+        return self._do(os.stat, path, follow_symlinks=False)
+
+    def _lstat_or_none(self, path: str):
+        try:
+            return self.lstat(path)
+        except OSError:
+            return None
+
+    def _proc_path(self, path: str, fn):
+        """fn(a /proc/self/fd path naming mount path `path` without following its last component):
+        for the calls that take no dir_fd (the xattr calls)."""
+        return self._do(lambda name, dir_fd: fn(f"/proc/self/fd/{dir_fd}/{name}"), path)
+
+    def _own(self, path: str, fd: int | None = None) -> None:
+        """Give what a caller just created to the caller, as the host would: the caller's uid, and
+        its gid unless the parent directory is set-group-ID (then the host already gave the
+        directory's group). Only a root daemon serving another user has anything to do."""
+        if self._euid != 0:
+            return
+        ctx = _get_ctx().contents
+        uid, gid = ctx.uid, ctx.gid
+        if uid == 0 and gid == 0:
+            return
+        st = os.fstat(fd) if fd is not None else self.lstat(path)
+        parent = self.lstat(path.rpartition("/")[0] or "/")
+        if parent.st_mode & stat.S_ISGID:
+            gid = -1
+        if (uid, gid) == (st.st_uid, st.st_gid if gid != -1 else -1):
+            return
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+        else:
+            self._do(os.chown, path, uid, gid, follow_symlinks=False)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init_with_config(self, conn, config) -> None:
@@ -167,7 +330,9 @@ class Passthrough(mfusepy.Operations):
 
     # -- metadata ----------------------------------------------------------------------------
     def getattr(self, path, fh=None):
-        st = os.fstat(fh.fh) if fh is not None else os.lstat(self.root + path)
+        st = os.fstat(fh.fh) if fh is not None else self._do(os.stat, path, follow_symlinks=False)
+        if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            self.links.seen(st.st_ino, path)
         return {
             "st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink, "st_uid": st.st_uid,
             "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev, "st_blocks": st.st_blocks,
@@ -177,114 +342,158 @@ class Passthrough(mfusepy.Operations):
 
     def readdir(self, path, fh):
         out = [".", ".."]
-        with os.scandir(self.root + path) as it:
-            for e in it:
-                out.append((e.name, {"st_mode": stat.S_IFMT(e.stat(follow_symlinks=False).st_mode),
-                                     "st_ino": e.inode()}, 0))
+        fd = self._do(os.open, path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as it:
+                for e in it:
+                    out.append((e.name, {"st_mode": stat.S_IFMT(e.stat(follow_symlinks=False).st_mode),
+                                         "st_ino": e.inode()}, 0))
+        finally:
+            os.close(fd)
         return out
 
     def readlink(self, path):
-        return os.readlink(self.root + path)
+        return self._do(os.readlink, path)
 
     def mknod(self, path, mode, dev):
-        os.mknod(self.root + path, mode, dev)
+        self._do(os.mknod, path, mode, dev)
+        self._own(path)
         return 0
 
     def mkdir(self, path, mode):
-        os.mkdir(self.root + path, mode)
+        self._do(os.mkdir, path, mode)
+        self._own(path)
         return 0
 
     def rmdir(self, path):
-        os.rmdir(self.root + path)
+        self._do(os.rmdir, path)
         return 0
 
     def unlink(self, path):
-        ev = self.events
-        if ev is not None:
-            st = _lstat_or_none(self.root + path)
-        os.unlink(self.root + path)
+        st = self._lstat_or_none(path)
+        self._do(os.unlink, path)
         self.trace.forget_path(path)
-        if ev is not None and st is not None and stat.S_ISREG(st.st_mode):
-            ev.removed(st.st_ino, path)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                self.links.changed(st.st_ino, path, gone=True)
+            if self.events is not None:
+                self.events.removed(st.st_ino, path)
         return 0
 
     def symlink(self, target, source):
         """Create the symlink `target` (a mount path) whose content is `source`."""
-        os.symlink(source, self.root + target)
+        self._do(lambda name, dir_fd: os.symlink(source, name, dir_fd=dir_fd), target)
+        self._own(target)
         return 0
 
     def rename(self, old, new, flags=0):
         ev = self.events
         if ev is not None:  # a file renamed over loses its name (reported as removed)
-            st = _lstat_or_none(self.root + new)
-        if flags:
-            if self._renameat2 is None:
-                self._renameat2 = _libc().renameat2
-            AT_FDCWD = -100
-            rc = self._renameat2(AT_FDCWD, os.fsencode(self.root + old), AT_FDCWD, os.fsencode(self.root + new),
-                                 ctypes.c_uint(flags))
-            if rc != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, os.strerror(e))
-        else:
-            os.rename(self.root + old, self.root + new)
+            st = self._lstat_or_none(new)
+        d_old, n_old = self._walk(old[1:]) if len(old) > _LONG_PATH else (None, old[1:])
+        d_new, n_new = self._walk(new[1:]) if len(new) > _LONG_PATH else (None, new[1:])
+        try:
+            fd_old = self.rootfd if d_old is None else d_old
+            fd_new = self.rootfd if d_new is None else d_new
+            if flags:
+                if self._renameat2 is None:
+                    self._renameat2 = _libc().renameat2
+                rc = self._renameat2(fd_old, os.fsencode(n_old), fd_new, os.fsencode(n_new), ctypes.c_uint(flags))
+                if rc != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, os.strerror(e))
+            else:
+                os.rename(n_old, n_new, src_dir_fd=fd_old, dst_dir_fd=fd_new)
+        finally:
+            for d in (d_old, d_new):
+                if d is not None:
+                    os.close(d)
         self.trace.forget_path(old)
         self.trace.forget_path(new)
+        self.links.renamed(old, new)
         if ev is not None and st is not None and stat.S_ISREG(st.st_mode) and \
                 not flags & _RENAME_EXCHANGE:
-            nst = _lstat_or_none(self.root + new)
+            nst = self._lstat_or_none(new)
             if nst is None or nst.st_ino != st.st_ino:
                 ev.removed(st.st_ino, new)
         return 0
 
     def link(self, target, source):
         """Create the hard link `target` to the existing `source` (both mount paths)."""
-        os.link(self.root + source, self.root + target)
+        d_src, n_src = self._walk(source[1:]) if len(source) > _LONG_PATH else (None, source[1:])
+        d_dst, n_dst = self._walk(target[1:]) if len(target) > _LONG_PATH else (None, target[1:])
+        try:
+            os.link(n_src, n_dst, src_dir_fd=self.rootfd if d_src is None else d_src,
+                    dst_dir_fd=self.rootfd if d_dst is None else d_dst, follow_symlinks=False)
+        finally:
+            for d in (d_src, d_dst):
+                if d is not None:
+                    os.close(d)
+        st = self.lstat(target)
+        if stat.S_ISREG(st.st_mode):
+            self.links.seen(st.st_ino, source)
+            self.links.seen(st.st_ino, target)
+            self.links.changed(st.st_ino, target)  # every other name's link count went up
         return 0
 
     def chmod(self, path, mode):
-        os.chmod(self.root + path, mode)
+        self._do(os.chmod, path, mode)
+        self.links.changed_path(self, path)
         return 0
 
     def chown(self, path, uid, gid):
-        os.chown(self.root + path, uid, gid, follow_symlinks=False)
+        self._do(os.chown, path, uid, gid, follow_symlinks=False)
+        self.links.changed_path(self, path)
         return 0
 
     def truncate(self, path, length, fh=None):
         ev = self.events
-        if ev is not None:  # the size before: only a shrink is reported
-            st = os.fstat(fh.fh) if fh is not None else os.stat(self.root + path)
         if fh is not None:
+            st = os.fstat(fh.fh) if ev is not None else None  # the size before: only a shrink is reported
             os.ftruncate(fh.fh, length)
         else:
-            os.truncate(self.root + path, length)
+            fd = self._do(os.open, path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+                os.ftruncate(fd, length)
+            finally:
+                os.close(fd)
         if ev is not None and length < st.st_size:
             ev.setsize(st.st_ino, length, path or "")
+        if fh is not None:
+            self.links.wrote(fh.fh)
+        elif path:
+            self.links.changed_path(self, path)
         return 0
 
     def _o_trunc_size(self, path, flags):
         """(inode, size) of a non-empty regular file an O_TRUNC open is about to empty, else None."""
         if self.events is None or not flags & os.O_TRUNC:
             return None
-        st = _lstat_or_none(self.root + path)
+        st = self._lstat_or_none(path)
         if st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return None
         return st.st_ino, st.st_size
 
     def utimens(self, path, times=None):
         if times is None:
-            os.utime(self.root + path, follow_symlinks=False)
+            self._do(os.utime, path, follow_symlinks=False)
         else:
-            os.utime(self.root + path, ns=times, follow_symlinks=False)
+            self._do(os.utime, path, ns=times, follow_symlinks=False)
+        self.links.changed_path(self, path)
         return 0
 
     def access(self, path, amode):
-        if not os.access(self.root + path, amode):
+        if not self._do(os.access, path, amode, follow_symlinks=False):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         return 0
 
     def statfs(self, path):
-        sv = os.statvfs(self.root + path)
+        fd = self._do(os.open, path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            sv = os.statvfs(fd)
+        finally:
+            os.close(fd)
         return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                                              "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
@@ -293,10 +502,10 @@ class Passthrough(mfusepy.Operations):
         hflags = (flags & ~_HOST_STRIP) | os.O_CLOEXEC
         if flags & os.O_ACCMODE == os.O_WRONLY:
             try:  # a readable fd lets the kernel read pages through any handle
-                return os.open(self.root + path, (hflags & ~os.O_ACCMODE) | os.O_RDWR, mode)
+                return self._do(os.open, path, (hflags & ~os.O_ACCMODE) | os.O_RDWR, mode)
             except PermissionError:
                 pass
-        return os.open(self.root + path, hflags, mode)
+        return self._do(os.open, path, hflags, mode)
 
     def open(self, path, fi):
         was = self._o_trunc_size(path, fi.flags)
@@ -304,8 +513,13 @@ class Passthrough(mfusepy.Operations):
 
     def create(self, path, mode, fi):
         was = self._o_trunc_size(path, fi.flags)
-        fd = os.open(self.root + path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
-                     | os.O_CLOEXEC, mode)
+        fd = self._do(os.open, path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
+                      | os.O_CLOEXEC, mode)
+        try:
+            self._own(path, fd)
+        except OSError:
+            os.close(fd)
+            raise
         return self._opened(path, fi, fd, was)
 
     def _opened(self, path, fi, fd: int, was) -> int:
@@ -315,6 +529,11 @@ class Passthrough(mfusepy.Operations):
             self.events.setsize(was[0], 0, path)
         fi.fh = fd
         self.fid_of_fd[fd] = self.trace.file_id(path)
+        if self.links.names:  # a file with other names: writes through this fd reach them all
+            st = os.fstat(fd)
+            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                self.links.seen(st.st_ino, path)
+                self.links.fds[fd] = (st.st_ino, path, fi.flags & os.O_ACCMODE != os.O_RDONLY)
         if self.config.cache == "direct":
             fi.direct_io = 1
         return 0
@@ -326,6 +545,7 @@ class Passthrough(mfusepy.Operations):
     def release(self, path, fh):
         fd = fh.fh
         self.fid_of_fd.pop(fd, None)
+        self.links.fds.pop(fd, None)
         os.close(fd)
         return 0
 
@@ -342,6 +562,7 @@ class Passthrough(mfusepy.Operations):
         fails with its own errno (mode 0 included: glibc's posix_fallocate then emulates it in the
         caller, as it would on the host). A collapse shrinks the file: reported as `setsize`."""
         _host_fallocate(fh.fh, mode, offset, size)
+        self.links.wrote(fh.fh)
         ev = self.events
         if ev is not None and mode & FALLOC_FL_COLLAPSE_RANGE:
             st = os.fstat(fh.fh)
@@ -358,7 +579,9 @@ class Passthrough(mfusepy.Operations):
         file system shares extents); returns the bytes copied."""
         if flags:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        return os.copy_file_range(fh_in.fh, fh_out.fh, length, off_in, off_out)
+        n = os.copy_file_range(fh_in.fh, fh_out.fh, length, off_in, off_out)
+        self.links.wrote(fh_out.fh)
+        return n
 
 
     # read / write live in VnodeFUSE (zero-copy into libfuse's buffer); these exist so mfusepy
@@ -377,17 +600,17 @@ class PassthroughXattr(Passthrough):
 
     # -- extended attributes -----------------------------------------------------------------
     def getxattr(self, path, name, position=0):
-        return os.getxattr(self.root + path, name, follow_symlinks=False)
+        return self._proc_path(path, lambda p: os.getxattr(p, name, follow_symlinks=False))
 
     def setxattr(self, path, name, value, options, position=0):
-        os.setxattr(self.root + path, name, value, options, follow_symlinks=False)
+        self._proc_path(path, lambda p: os.setxattr(p, name, value, options, follow_symlinks=False))
         return 0
 
     def listxattr(self, path):
-        return os.listxattr(self.root + path, follow_symlinks=False)
+        return self._proc_path(path, lambda p: os.listxattr(p, follow_symlinks=False))
 
     def removexattr(self, path, name):
-        os.removexattr(self.root + path, name, follow_symlinks=False)
+        self._proc_path(path, lambda p: os.removexattr(p, name, follow_symlinks=False))
         return 0
 
 
@@ -472,6 +695,7 @@ class VnodeFUSE(mfusepy.FUSE):
         self.device = device
         self.layout = layout
         self.fid_of_fd = operations.fid_of_fd
+        self._link_fds = operations.links.fds
         #: vnodefs.prefetch.PrefetchCache (strategy `cache` of `vnodefs run --profile`) or None
         self._pcache = pcache
         self._tracing = self.trace.enabled
@@ -545,6 +769,8 @@ class VnodeFUSE(mfusepy.FUSE):
             flags = (FLAG_SEEK if sv.seeked else 0) | (FLAG_ADDR_ESTIMATED if est and segs else 0)
         else:
             sv, delay, flags = _NO_IO, 0, 0
+        if op == _WRITE and fd in self._link_fds:
+            self.operations.links.wrote(fd)
         if self._tracing:
             ctx = _tls.ctx  # libfuse's per-thread context struct: its address is fixed per thread
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, ctx.pid, ctx.uid, fid, op,
@@ -606,7 +832,11 @@ class VnodeFUSE(mfusepy.FUSE):
         return _read_into(fip.contents.fh, buf, size, offset)
 
     def write(self, path, buf, size, offset, fip):
-        return _write_from(fip.contents.fh, buf, size, offset)
+        fd = fip.contents.fh
+        n = _write_from(fd, buf, size, offset)
+        if fd in self._link_fds:
+            self.operations.links.wrote(fd)
+        return n
 
     # -- operations mfusepy declares but does not wrap ------------------------------------------
     def lseek(self, path, offset, whence, fip):
@@ -673,7 +903,7 @@ class VnodeFUSE(mfusepy.FUSE):
             return self.operations.utimens(p, None)
         ts = (buf.contents.actime, buf.contents.modtime)
         if any(t.tv_nsec in (_UTIME_NOW, _UTIME_OMIT) for t in ts):
-            st = os.lstat(self.operations.root + p)
+            st = self.operations.lstat(p)
             now = time.time_ns()
             cur = (st.st_atime_ns, st.st_mtime_ns)
             vals = tuple(now if t.tv_nsec == _UTIME_NOW else cur[i] if t.tv_nsec == _UTIME_OMIT

@@ -33,7 +33,9 @@ the daemon report size changes (setsize/removed) on the pipe write end W with th
 `mount()` passes both fds to the daemon (pass_fds) when `extra` holds such a key. The caller keeps
 the reader and closes its copies of W and C after mount() returns.
 
-Caveats: only the user who mounted can use the mount (no allow_other). A busy mount (open files,
+Caveats: only the user who mounted can use the mount unless `allow_other` (then the host's modes
+decide, through default_permissions, and a root daemon gives what a caller creates to the caller;
+a non-root daemon owns everything created through it, as with any FUSE mount). A busy mount (open files,
 a process's cwd) refuses `umount` with EBUSY, reported in one line.
 """
 
@@ -174,6 +176,20 @@ def _remove_quietly(path: str) -> None:
 
 # ---- input validation ---------------------------------------------------------------------------
 
+def check_allow_other() -> None:
+    """Raise MountError unless FUSE lets this user mount with allow_other (root, or
+    `user_allow_other` in /etc/fuse.conf)."""
+    if os.geteuid() == 0:
+        return
+    try:
+        with open("/etc/fuse.conf") as fh:
+            if any(line.split("#")[0].strip() == "user_allow_other" for line in fh):
+                return
+    except OSError:
+        pass
+    raise MountError("--allow-other needs root, or the line user_allow_other in /etc/fuse.conf")
+
+
 def validate(source: str, mountpoint: str, trace: str | None, latency: str | None, cache: str,
              layout: str = "auto") -> None:
     """Raise MountError (one line) for any bad input of `vnodefs mount`; touch nothing."""
@@ -254,16 +270,19 @@ class Mount:
 
 def mount(source: str, mountpoint: str, trace: str | None = None, latency: str | None = "none",
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
-          extra: dict | None = None, layout: str = "auto") -> Mount:
+          extra: dict | None = None, layout: str = "auto", allow_other: bool = False) -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
     `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
-    from (vnodefs.layout). Raises MountError (one line); on failure nothing stays mounted."""
+    from (vnodefs.layout); `allow_other` lets every user use the mount (the host's modes decide
+    what each may do). Raises MountError (one line); on failure nothing stays mounted."""
     validate(source, mountpoint, trace, latency, cache, layout)
+    if allow_other:
+        check_allow_other()
     mnt = os.path.realpath(mountpoint)
     config = {"source": os.path.realpath(source), "mountpoint": mnt,
               "trace": os.path.abspath(trace) if trace else None, "cache": cache,
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
-              "layout": layout, **(extra or {})}
+              "layout": layout, "allow_other": bool(allow_other), **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -403,15 +422,17 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 @contextlib.contextmanager
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
-            extra: dict | None = None, layout: str = "auto"):
+            extra: dict | None = None, layout: str = "auto", allow_other: bool = False):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
     if mountpoint is None:
         tmp = mountpoint = tempfile.mkdtemp(prefix="vnodefs-mnt-")
+        if allow_other:  # other users must be able to reach the mount point
+            os.chmod(tmp, 0o755)
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
-                  xattr=xattr, extra=extra, layout=layout)
+                  xattr=xattr, extra=extra, layout=layout, allow_other=allow_other)
         try:
             yield m
         finally:
@@ -547,7 +568,7 @@ def serve(config: dict, ready=None) -> int:
                      "cache": fsconf.cache, "latency": config.get("latency"), "log": log_path(mnt),
                      "readahead_kb": now, "bdi": m[1]}
             tmp = state_path(mnt) + ".tmp"
-            with open(tmp, "w") as fh:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as fh:
                 json.dump(state, fh)
             os.replace(tmp, state_path(mnt))
             msg = {"ready": True, "pid": os.getpid(), "bdi": m[1], "readahead_kb": now,
@@ -566,6 +587,10 @@ def serve(config: dict, ready=None) -> int:
                    max_threads=MAX_THREADS, max_idle_threads=MAX_IDLE_THREADS)
     if fsconf.read_only:
         options["ro"] = True
+    if config.get("allow_other"):
+        options["allow_other"] = True
+    # the kernel has applied the caller's umask to every mode it sends: apply no second one
+    os.umask(0)
     status = 0
     try:
         VnodeFUSE(ops, mnt, device=device, layout=layout, pcache=pcache, **options)

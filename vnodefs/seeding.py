@@ -151,7 +151,8 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
                strategy: str = DEFAULT_STRATEGY, record: bool = False, window: float | None = None,
                min_count: int = 1, latency: str = "none", cache: str = "page", read_only: bool = False,
                xattr: bool = False, prefetch_max_mib: float | None = None, gap="auto",
-               drop_cache: bool = True, log=lambda msg: None, layout: str = "auto") -> tuple[int, dict]:
+               drop_cache: bool = True, log=lambda msg: None, layout: str = "auto",
+               allow_other: bool = False) -> tuple[int, dict]:
     """One `vnodefs run --profile` (see the module docstring). Raises SeedingError / MountError /
     CommandNotFound (one line) on bad input; nothing is left mounted."""
     from swapd.profiles import AppProfileStore, AppProfileTreeError
@@ -234,6 +235,7 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
             pl = stack.enter_context(playlist_file(extents))
             extra = {"prefetch": {"playlist": pl, "page_size": ps}}
         status, summary = run_command(source, command, trace, latency=latency, cache=cache, read_only=read_only,
+                                      allow_other=allow_other,
                                       xattr=xattr, log=log, extra=extra, on_start=on_start,
                                       after_exit=after_exit, command_mask=command_mask, layout=layout)
 
