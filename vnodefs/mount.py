@@ -270,11 +270,13 @@ class Mount:
 
 def mount(source: str, mountpoint: str, trace: str | None = None, latency: str | None = "none",
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
-          extra: dict | None = None, layout: str = "auto", allow_other: bool = False) -> Mount:
+          extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
+          strict_metadata: bool = False) -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
     `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
     from (vnodefs.layout); `allow_other` lets every user use the mount (the host's modes decide
-    what each may do). Raises MountError (one line); on failure nothing stays mounted."""
+    what each may do); `strict_metadata` turns the kernel's name and attribute caches off (every
+    lookup and getattr reaches vnodefs; changes made in SOURCE behind the mount are seen at once). Raises MountError (one line); on failure nothing stays mounted."""
     validate(source, mountpoint, trace, latency, cache, layout)
     if allow_other:
         check_allow_other()
@@ -282,7 +284,8 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
     config = {"source": os.path.realpath(source), "mountpoint": mnt,
               "trace": os.path.abspath(trace) if trace else None, "cache": cache,
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
-              "layout": layout, "allow_other": bool(allow_other), **(extra or {})}
+              "layout": layout, "allow_other": bool(allow_other), "strict_metadata": bool(strict_metadata),
+              **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -422,7 +425,8 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 @contextlib.contextmanager
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
-            extra: dict | None = None, layout: str = "auto", allow_other: bool = False):
+            extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
+            strict_metadata: bool = False):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -432,7 +436,8 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
             os.chmod(tmp, 0o755)
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
-                  xattr=xattr, extra=extra, layout=layout, allow_other=allow_other)
+                  xattr=xattr, extra=extra, layout=layout, allow_other=allow_other,
+                  strict_metadata=strict_metadata)
         try:
             yield m
         finally:
@@ -479,7 +484,7 @@ def serve(config: dict, ready=None) -> int:
     --foreground`). `ready(msg)` is called once the mount is usable. Returns an exit status."""
     import mfusepy
 
-    from vnodefs.fuseops import FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
+    from vnodefs.fuseops import METADATA_TIMEOUT, FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
     from vnodefs.devqueue import Device
     from vnodefs.layout import LayoutError, choose
     from vnodefs.trace import OPS, RECORD_SIZE, VERSION, TraceWriter
@@ -488,7 +493,8 @@ def serve(config: dict, ready=None) -> int:
     mnt = config["mountpoint"]
     spec = parse_latency(config.get("latency"))
     fsconf = FsConfig(source=config["source"], cache=config["cache"], read_only=config.get("read_only", False),
-                      xattr=bool(config.get("xattr")), latency=spec)
+                      xattr=bool(config.get("xattr")), latency=spec,
+                      metadata_timeout=0.0 if config.get("strict_metadata") else METADATA_TIMEOUT)
     _keep_request_buffers()
     writer = TraceWriter(config.get("trace"))
     ops = (PassthroughXattr if fsconf.xattr else Passthrough)(fsconf, writer)
@@ -539,6 +545,7 @@ def serve(config: dict, ready=None) -> int:
         "libfuse": f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}",
         "writeback_cache": False, "passthrough": False, "direct_io_allow_mmap": False,
         "read_only": fsconf.read_only, "xattr": fsconf.xattr, "ops": OPS,
+        "metadata_timeout_s": fsconf.metadata_timeout, "allow_other": bool(config.get("allow_other")),
         "file_events": ops.events is not None,
     }
     stop = threading.Event()

@@ -1,0 +1,109 @@
+"""Invariant guarded: the kernel's name and attribute caches never show a stale answer for a change
+made through the mount, and a change made in SOURCE behind the mount's back shows within the
+documented bound (FsConfig.metadata_timeout, 1 s), or at once with strict_metadata.
+
+Cases a cache could make stale, each checked right after the change, in both cache modes: a name
+looked up while missing and then created through the mount; rename over an existing name; unlink
+of an open file (it stays readable and writable through its fd); chmod / utimens through one hard-link name and
+stat through the other (tests/vnodefs/test_posix.py holds more); a file created, changed and removed
+in SOURCE directly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from vnodefs.fuseops import METADATA_TIMEOUT
+from vnodefs.trace import load
+
+pytestmark = pytest.mark.fuse
+
+
+def _write(p, data):
+    with open(p, "w") as fh:
+        fh.write(data)
+
+
+def _read(p):
+    with open(p) as fh:
+        return fh.read()
+
+
+def _until(pred, bound):
+    """Seconds until pred() held (polling every 10 ms), or None if it did not within `bound`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 <= bound:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("cache", ["page", "direct"])
+def test_changes_through_the_mount_are_seen_at_once(vmount, cache):
+    m = vmount(cache=cache)
+    p = lambda *a: os.path.join(m.mountpoint, *a)  # noqa: E731
+    assert not os.path.exists(p("new"))  # a negative entry is cached now
+    _write(p("new"), "n")
+    assert _read(p("new")) == "n"
+    _write(p("a"), "aaa")
+    _write(p("b"), "b")
+    os.stat(p("b"))
+    os.rename(p("a"), p("b"))  # rename over
+    assert _read(p("b")) == "aaa" and os.stat(p("b")).st_size == 3 and not os.path.exists(p("a"))
+    fd = os.open(p("b"), os.O_RDWR)
+    try:
+        os.unlink(p("b"))  # unlink while open
+        assert not os.path.exists(p("b"))
+        assert os.pread(fd, 10, 0) == b"aaa"  # (fstat: ESTALE, see vnodefs.fuseops' caveats)
+        assert os.pwrite(fd, b"AB", 1) == 2 and os.pread(fd, 10, 0) == b"aAB"
+        os.ftruncate(fd, 1)
+        assert os.pread(fd, 10, 0) == b"a"
+    finally:
+        os.close(fd)
+    _write(p("h1"), "x")
+    os.stat(p("h1"))
+    os.link(p("h1"), p("h2"))
+    os.chmod(p("h1"), 0o600)
+    os.utime(p("h1"), ns=(10**9, 2 * 10**9))
+    st = os.stat(p("h2"))
+    assert (st.st_mode & 0o777, st.st_mtime_ns, st.st_nlink) == (0o600, 2 * 10**9, 2)
+    os.mkdir(p("d"))
+    os.rmdir(p("d"))
+    assert not os.path.exists(p("d"))
+    m.umount()
+    assert load(m.trace_path).header["metadata_timeout_s"] == METADATA_TIMEOUT
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_changes_behind_the_mount_within_the_bound(vmount, tmp_path, strict):
+    from vnodefs.mount import mount, umount
+
+    src, mnt = tmp_path / "s", tmp_path / "m"
+    src.mkdir()
+    mnt.mkdir()
+    m = mount(str(src), str(mnt), trace=None, strict_metadata=strict)
+    try:
+        bound = 0.0 if strict else METADATA_TIMEOUT
+        slack = 0.5  # scheduling on a loaded machine
+        via = os.path.join(m.mountpoint, "behind")
+        assert not os.path.exists(via)  # cached as missing
+        _write(os.path.join(src, "behind"), "v1")
+        t = _until(lambda: os.path.exists(via), bound + slack)
+        assert t is not None, "a file created in SOURCE never appeared"
+        if strict:
+            assert t < 0.05
+        assert _read(via) == "v1"
+        os.stat(via)
+        _write(os.path.join(src, "behind"), "version 2")
+        t = _until(lambda: os.stat(via).st_size == 9, bound + slack)
+        assert t is not None and (not strict or t < 0.05)
+        assert _until(lambda: _read(via) == "version 2", bound + slack) is not None
+        os.unlink(os.path.join(src, "behind"))
+        t = _until(lambda: not os.path.exists(via), bound + slack)
+        assert t is not None and (not strict or t < 0.05)
+    finally:
+        umount(m.mountpoint)
