@@ -181,7 +181,9 @@ def _add_replay(sub) -> None:
                    help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes")
     p.add_argument("--policy", default="mach", metavar="POLICY",
                    help="replacement policy: mach (default: active/inactive queues), lru, fifo or clock")
-    p.add_argument("--page-size", type=int, default=4096, metavar="N", help="page size in bytes (default 4096)")
+    p.add_argument("--page-size", default="4096", metavar="N",
+                   help="page size: a power of two from 512 to 1MiB, in bytes or e.g. 16KiB (default 4096); "
+                        "vnodefs locality --page-size takes the same values")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--swap", metavar="DIR", default=None,
                    help="back anonymous memory with a swapd pool of real sparse swap files in DIR "
@@ -214,7 +216,7 @@ def _counter_lines(result) -> list[str]:
 def cmd_replay(args) -> int:
     from vmcore.policy import POLICIES
     from vmcore.replay import replay
-    from vmcore.types import parse_size
+    from vmcore.types import parse_page_size, parse_size
 
     name = f"{PROG} replay"
     policy = args.policy.strip().lower()
@@ -223,8 +225,7 @@ def cmd_replay(args) -> int:
     memory = parse_size(args.memory, "memory")
     if memory <= 0:
         raise InvalidArgument(f"memory {args.memory!r} must be positive")
-    if args.page_size <= 0 or args.page_size & (args.page_size - 1):
-        raise InvalidArgument(f"page size {args.page_size} is not a positive power of two")
+    args.page_size = parse_page_size(args.page_size)
     if args.chunk < 1:
         raise InvalidArgument(f"--chunk {args.chunk} must be >= 1")
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())

@@ -670,13 +670,13 @@ def _ops_arg(s: str) -> tuple[str, ...]:
 
 
 def _page_size_arg(s: str) -> int:
+    from vmcore.errors import InvalidArgument
+    from vmcore.types import parse_page_size
+
     try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"page size must be a positive integer, not {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"page size must be a positive integer, not {s!r}")
-    return v
+        return parse_page_size(s)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _taus_arg(s: str) -> list[float]:
@@ -694,7 +694,8 @@ def add_common_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", type=_ops_arg, default=DEFAULT_OPS, metavar="OP[,OP...]",
                    help=f"which requests to analyse (default read,write; known: {', '.join(OPS)})")
     p.add_argument("--page-size", type=_page_size_arg, default=None, metavar="N",
-                   help="page size in bytes for the page split (default: the trace's page_size)")
+                   help="page size for the page split: a power of two from 512 to 1MiB, in bytes or e.g. "
+                   "16KiB, as vmcore replay --page-size (default: the trace's page_size)")
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
