@@ -278,7 +278,11 @@ def _add_experiment(sub) -> None:
 # ---- main ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from vmcore import __version__
+
     parser = _Parser(prog=PROG, description="vmcore: a runnable model of the Mach / Mac OS X VM system.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_replay(sub)
     from vmcore.scenario import add_scenario_parser
@@ -294,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already reported in one line
         return e.code if isinstance(e.code, int) else 2
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+    if getattr(args, "func", None) is None:  # no command: usage on stderr, as for a usage error
+        parser.print_help(sys.stderr)
+        return 2
     prog = f"{PROG} {args.command}"
     try:
         return args.func(args)

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="vnodefs: a traced FUSE passthrough over a host directory (the vnode "
                 "pager of the Mach VM model): every read, write, truncate, fsync, open and release that "
                 "reaches it is recorded with pid, file, offset, length, duration and result.")
+    from vnodefs import __version__
+
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT (returns once the mount is ready)",
@@ -333,7 +337,15 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] == "run" and not command:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if extra[0].startswith("-"):
+                parser.parse_args(argv)  # an unknown option: argparse's own one-line error
+            return _err("run", f"unexpected arguments {' '.join(extra)!r}: put the command after --, "
+                        f"e.g. vnodefs run {args.source} -- {' '.join(extra)}")
+    else:
+        args = parser.parse_args(argv)
     if args.cmd is None:
         parser.print_help(sys.stderr)
         return 2
