@@ -350,8 +350,10 @@ def read_header(path: str) -> tuple[dict, int]:
 
 
 def load(path: str | os.PathLike) -> Trace:
-    """Load a trace file. Raises FileNotFoundError / ValueError (one line naming the file) for a
-    missing file or one that is not a vnodefs trace; warns (and drops it) for a partial last record."""
+    """Load a trace file: a `Trace` (records in start-time order, the file table, the header).
+    Raises FileNotFoundError / ValueError (one line naming the file) for a missing file, one that is
+    not a vnodefs trace, or a damaged one (`check_records`: the line names the first bad record);
+    warns (and drops it) for a partial last record."""
     path = os.fspath(path)
     header, start = read_header(path)
     with open(path, "rb") as fh:
@@ -369,6 +371,7 @@ def load(path: str | os.PathLike) -> Trace:
         raw = upgrade_v1(np.fromfile(path, dtype=RECORD_DTYPE_V1, count=nrec, offset=start))
         header = dict(header)
         header.setdefault("layout", {"kind": "none", "note": "version-1 trace: no device addresses"})
+    check_records(raw, path, start, rsize, version, header)
     is_path = raw["op"] == OP_PATH
     files = _file_table(raw[is_path].view(PATH_DTYPE))
     recs = raw[~is_path]
@@ -376,6 +379,91 @@ def load(path: str | os.PathLike) -> Trace:
     recs = recs[order]
     return Trace(records=recs, files=files, header=header, path=path, truncated=truncated,
                  page_size=int(header.get("page_size", 4096)))
+
+
+#: bounds of a plausible record (the format's MUST rules plus what the kernel can send): pid_max's
+#: ceiling (PID_MAX_LIMIT), the largest FUSE read/write, the largest -errno, the longest path
+PID_LIMIT = 1 << 22
+MAX_RW_LENGTH = 1 << 32
+MAX_ERRNO = 4095
+MAX_PATH_LEN = 1 << 16
+KNOWN_FLAGS = 0x1F
+#: how far before the header's start_monotonic_ns / after it a record may start (ns)
+_BEFORE_START_NS = 86_400 * 10**9
+_AFTER_START_NS = 366 * 86_400 * 10**9
+
+
+def check_records(raw: np.ndarray, path: str, start: int, rsize: int, version: int,
+                  header: dict | None = None) -> None:
+    """ValueError naming the first damaged record of `raw` (file order, RECORD_DTYPE layout; a
+    version-1 trace already upgraded) and what is wrong with it, or None. The one validation every
+    reader gets (load calls it): reserved fields and bits that MUST be 0 are 0; times, offsets,
+    lengths and pids are non-negative; a read, write or prefetch moved no more than it asked for and
+    asked for no more than FUSE can; a result is a byte count or -errno; file-table chunks are
+    consistent. Records with an op code unknown to this version are checked only for the rules that
+    hold for every record, and kept."""
+    if raw.size == 0:
+        return
+    op = raw["op"]
+    is_path = op == OP_PATH
+    req = ~is_path
+    rw = np.isin(op, np.array([OPS["read"], OPS["write"], OPS["prefetch"]], dtype=np.uint8))
+    known = np.isin(op, np.array(list(OPS.values()), dtype=np.uint8))
+    checks: list[tuple[np.ndarray, str]] = [
+        (req & (raw["reserved"] != 0), "a non-zero reserved field (bytes 62-63)"),
+        (req & ((raw["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0), "reserved flag bits set"),
+        (req & (raw["start_ns"] < 0), "a negative start time"),
+        (req & (raw["dur_ns"] < 0), "a negative duration"),
+        (req & (raw["delay_ns"] < 0), "a negative modelled delay"),
+        (req & (raw["offset"] < 0), "a negative offset"),
+        (req & (raw["length"] < 0), "a negative length"),
+        (req & ((raw["pid"] < 0) | (raw["pid"] > PID_LIMIT)), "an impossible pid"),
+        (req & (raw["result"] < -MAX_ERRNO), "a result that is neither a byte count nor -errno"),
+        (rw & (raw["length"] > MAX_RW_LENGTH), "a read/write length larger than FUSE sends"),
+        (rw & (raw["result"] > raw["length"]), "more bytes transferred than requested"),
+        (known & ~rw & (raw["result"] > MAX_RW_LENGTH), "a result that is neither a byte count nor -errno"),
+    ]
+    if version >= 2:
+        checks += [
+            (req & (raw["reserved2"] != 0), "a non-zero reserved field (bytes 94-95)"),
+            (req & ((raw["dev_addr"] < -1) | (raw["dev_prev"] < -1)), "a device address below -1"),
+        ]
+    t0 = header.get("start_monotonic_ns") if isinstance(header, dict) else None
+    if isinstance(t0, int) and not isinstance(t0, bool) and t0 > 0:
+        checks.append((req & ((raw["start_ns"] < t0 - _BEFORE_START_NS) | (raw["start_ns"] > t0 + _AFTER_START_NS)),
+                       "a start time far outside the trace's (header start_monotonic_ns)"))
+    if is_path.any():
+        pv = raw.view(_path_dtype(RECORD_SIZE))
+        bytes_ = raw.view(np.uint8).reshape(raw.size, RECORD_SIZE)
+        bad_chunk = np.zeros(raw.size, bool)
+        plen = pv["path_len"].astype(np.int64)
+        chunk = pv["chunk"].astype(np.int64)
+        bad_chunk[is_path] = ((chunk * PATH_CHUNK >= np.maximum(plen, 1)) | (plen > MAX_PATH_LEN))[is_path]
+        checks += [
+            (is_path & ((pv["flags"] != 0) | (pv["reserved"] != 0)), "a file-table chunk with non-zero flags"),
+            (is_path & (pv["file"] == 0), "a file-table chunk for file id 0"),
+            (bad_chunk, "a file-table chunk whose index or path length is impossible"),
+        ]
+        if version >= 2:
+            pad = bytes_[:, RECORD_SIZE_V1:].any(axis=1)
+            checks.append((is_path & pad, "a file-table chunk with non-zero padding (bytes 64-95)"))
+    first, why = raw.size, []
+    for mask, reason in checks:
+        hit = np.flatnonzero(mask)
+        if hit.size:
+            i = int(hit[0])
+            if i < first:
+                first, why = i, [reason]
+            elif i == first and reason not in why:
+                why.append(reason)
+    if first == raw.size:
+        return
+    nbad = int(np.logical_or.reduce([m for m, _ in checks]).sum())
+    code = int(op[first])
+    name = "file-table chunk" if code == OP_PATH else f"{OP_NAMES.get(code, f'op {code}')} record"
+    more = f"; {nbad} damaged records in all" if nbad > 1 else ""
+    raise ValueError(f"{path}: damaged vnodefs trace: record {first} (byte {start + first * rsize}, a {name}) "
+                     f"has {' and '.join(why)}{more}")
 
 
 def upgrade_v1(raw: np.ndarray) -> np.ndarray:
