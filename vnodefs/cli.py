@@ -2,7 +2,7 @@
 
 Owns: the argument parsers, help texts and exit statuses of
 
-    vnodefs mount SOURCE MOUNTPOINT [--trace FILE | --no-trace] [--latency none|hdd|ssd|nvme|SEEK_US:MBPS]
+    vnodefs mount SOURCE MOUNTPOINT [--trace FILE [--force] | --no-trace] [--latency none|hdd|ssd|nvme|SEEK_US:MBPS]
                   [--layout auto|fiemap|synthetic]
                   [--cache page|direct] [--read-only] [--foreground]
     vnodefs umount MOUNTPOINT
@@ -44,6 +44,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE", help="write the request trace to FILE (default: "
                    "./vnodefs-<name>-<time>.vtrace in the current directory)")
     p.add_argument("--no-trace", action="store_true", help="record nothing (for overhead measurements)")
+    p.add_argument("--force", action="store_true", help="overwrite the --trace FILE if it exists (without "
+                   "--force an existing trace is refused; a trace a live mount is writing is refused always; "
+                   "a default name never overwrites: it gets a -2, -3, ... suffix)")
     p.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
     p.add_argument("--layout", default="auto", choices=("auto", "fiemap", "synthetic"),
                    help="where the device model finds a file's bytes: fiemap (the host file's real "
@@ -168,7 +171,16 @@ def _trace_arg(args, kind: str) -> tuple[str | None, str | None]:
             raise ValueError("--trace and --no-trace exclude each other")
         return None, None
     if args.trace:
-        return os.path.abspath(args.trace), None
+        from vnodefs.trace import in_use_message, trace_in_use
+
+        path = os.path.abspath(args.trace)
+        if trace_in_use(path):
+            raise ValueError(in_use_message(args.trace))
+        if os.path.isfile(path) and os.path.getsize(path) > 0 and not args.force:
+            raise ValueError(f"trace file {args.trace} exists; give --force to overwrite it, or another --trace")
+        return path, None
+    if args.force:
+        raise ValueError("--force needs --trace FILE (a default trace name never overwrites)")
     return default_trace_path(kind)
 
 

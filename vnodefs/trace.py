@@ -39,6 +39,7 @@ Caveats:
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import struct
@@ -136,6 +137,40 @@ def path_records(file_id: int, path: str) -> bytes:
     return b"".join(out)
 
 
+class TraceInUse(Exception):
+    """The trace file is locked by a live writer (another mount is writing it)."""
+
+
+def trace_in_use(path: str | os.PathLike) -> bool:
+    """True if a live TraceWriter (any process) holds `path` (its exclusive flock); False for a
+    missing file or one nobody writes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False
+
+
+def in_use_message(path: str) -> str:
+    """One line saying that `path` is being written, naming the writing daemon if its header says."""
+    pid = None
+    try:
+        pid = read_header(path)[0].get("daemon_pid")
+    except (OSError, ValueError):
+        pass
+    who = f" (daemon pid {pid})" if isinstance(pid, int) else ""
+    return (f"trace file {path} is in use: a live vnodefs mount{who} is writing it; unmount it first or "
+            f"choose another --trace")
+
+
 class TraceWriter:
     """Append-only trace writer, shared by every FUSE worker thread.
 
@@ -147,6 +182,10 @@ class TraceWriter:
     SIGTERM (via the daemon's clean exit). Nothing reaches the file before `start(header)` writes
     the header (the mount must be ready to know the readahead setting). `path=None` makes a writer
     that assigns file ids but stores nothing (tracing off).
+
+    The writer holds an exclusive flock on the file from open to close, and empties the file only
+    once it holds it: a second writer on the same file (another mount's `--trace`) gets TraceInUse
+    and the first writer's records stay intact.
     """
 
     def __init__(self, path: str | None, flush_interval: float = 0.2, capacity: int | None = None):
@@ -154,7 +193,14 @@ class TraceWriter:
         self.enabled = path is not None
         self._fd = -1
         if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise TraceInUse(in_use_message(path)) from None
+            os.ftruncate(fd, 0)
+            self._fd = fd
         self._q: collections.deque[bytes] = collections.deque()
         #: the request path's fast append: `append(pack(start, dur, delay, offset, length, result,
         #: pid, uid, file, op, flags, 0, dev_addr, dev_prev, seek_ns, rot_ns, xfer_ns, segments, 0))`
