@@ -180,7 +180,9 @@ def _add_replay(sub) -> None:
         epilog="Example: vmcore replay trace.txt --memory 16MiB --policy lru --json")
     p.add_argument("trace", metavar="TRACE", help="trace file (text, .npy or vnodefs)")
     p.add_argument("--memory", required=True, metavar="SIZE",
-                   help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes")
+                   help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes (units B, K/KiB, "
+                        "M/MiB, G/GiB, T/TiB, P/PiB, E/EiB, all binary); refused unless its page frames "
+                        "fit in this machine's available memory")
     p.add_argument("--policy", default="mach", metavar="POLICY",
                    help="replacement policy: mach (default: active/inactive queues), lru, fifo or clock")
     p.add_argument("--page-size", default="4096", metavar="N",
@@ -233,6 +235,9 @@ def cmd_replay(args) -> int:
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
     if not ops:
         raise InvalidArgument("--ops names no request kind (e.g. read,write)")
+    from vmcore.lab import check_memory_fits
+
+    check_memory_fits(args.memory, args.page_size)  # before a frame or a swap file exists
     Kernel = _kernel_class()
     extra = {}
     if args.swap is not None:

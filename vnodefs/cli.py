@@ -35,6 +35,24 @@ CACHE_HELP = ("page: the kernel page cache is on (libfuse auto_cache), so the tr
               "every access), but this kernel/libfuse refuse shared mmap (ENODEV): use page for that")
 
 
+def _mib_arg(s: str) -> float:
+    """A size in MiB: a bare number is MiB (as before); with a unit it is the size grammar of every
+    command (vmcore.types.parse_size: 512KiB, 1.5GiB, ...)."""
+    from vmcore.errors import InvalidArgument
+    from vmcore.types import parse_size
+
+    try:
+        v = float(s)
+    except ValueError:
+        try:
+            v = parse_size(s) / (1 << 20)
+        except InvalidArgument as e:
+            raise argparse.ArgumentTypeError(e.args[0]) from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"size {s!r} must be positive")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -115,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "least N of the merged launches (default 1)")
     g.add_argument("--window", type=float, default=None, metavar="S", help="launch window: record the pages read "
                    "in the first S seconds of the command (default: the whole run)")
-    g.add_argument("--prefetch-max", type=float, default=None, metavar="MiB", help="cap the prefetch (and the "
-                   "daemon's cache) at this many MiB (default: the whole profile)")
+    g.add_argument("--prefetch-max", type=_mib_arg, default=None, metavar="SIZE", help="cap the prefetch (and "
+                   "the daemon's cache) at SIZE: MiB, or with a unit as in 512KiB, 1GiB (default: the whole profile)")
     g.add_argument("--prefetch-gap", default="auto", metavar="PAGES", help="bridge holes of up to PAGES pages "
                    "between profiled pages (read through rather than seek over); auto (default) = the pages "
                    "the latency model transfers in one seek time (hdd 234, ssd 12, none 0)")
@@ -129,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "map a file and touch its pages (page mode if direct mode refuses shared mmap), "
                        "unmount, and print the locality summary of each phase. Cleans up everything "
                        "unless --keep is given.")
-    d.add_argument("--size", type=float, default=32, metavar="MiB", help="total data size (default 32)")
+    d.add_argument("--size", type=_mib_arg, default=32, metavar="SIZE", help="total data size: MiB, or with a "
+                   "unit as in 512KiB, 1GiB (default 32 MiB)")
     d.add_argument("--keep", metavar="DIR", help="keep the data and traces in DIR (created if missing)")
     d.add_argument("--seed", type=int, default=1, help="random seed of the data and access pattern (default 1)")
     d.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)

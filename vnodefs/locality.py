@@ -676,7 +676,7 @@ def _page_size_arg(s: str) -> int:
     try:
         return parse_page_size(s)
     except InvalidArgument as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(e.args[0]) from None
 
 
 def _taus_arg(s: str) -> list[float]:
