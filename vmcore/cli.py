@@ -191,7 +191,9 @@ def _add_replay(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--swap", metavar="DIR", default=None,
                    help="back anonymous memory with a swapd pool of real sparse swap files in DIR "
-                        "(default: the in-memory pager); the files are removed at the end")
+                        "(default: the in-memory pager). DIR's parent must exist; DIR is created if missing. "
+                        "At the end the swap files are removed, and so is DIR if this command created it; "
+                        "an existing DIR keeps only its empty .swapd.lock (swapd/FORMAT.md)")
     p.add_argument("--ops", default="read,write", metavar="OPS",
                    help="vnodefs traces: which request kinds to replay (default read,write)")
     p.add_argument("--pid", type=int, default=None, help="vnodefs traces: only this process's requests")
@@ -217,6 +219,25 @@ def _counter_lines(result) -> list[str]:
     return out
 
 
+def _remove_swap_dir(path: str) -> None:
+    """Remove a swap directory this command created, once its pool is closed: the lock file and the
+    directory, only if nothing else was put there."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    if set(names) <= {".swapd.lock"}:
+        for name in names:
+            try:
+                os.unlink(os.path.join(path, name))
+            except OSError:
+                return
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
 def cmd_replay(args) -> int:
     from vmcore.policy import POLICIES
     from vmcore.replay import replay
@@ -240,9 +261,21 @@ def cmd_replay(args) -> int:
     check_memory_fits(args.memory, args.page_size)  # before a frame or a swap file exists
     Kernel = _kernel_class()
     extra = {}
+    made_swap_dir = False
     if args.swap is not None:
+        swap = os.path.abspath(args.swap)
+        parent = os.path.dirname(swap)
+        if not os.path.isdir(parent):
+            raise InvalidArgument(f"--swap {args.swap}: the directory {parent} does not exist (create it, or "
+                                  f"give a DIR whose parent exists)")
+        made_swap_dir = not os.path.lexists(swap)
         extra["swap"] = args.swap
-    kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy, **extra)
+    try:
+        kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy, **extra)
+    except BaseException:
+        if made_swap_dir:
+            _remove_swap_dir(args.swap)
+        raise
     try:
         trace = load_trace(args.trace, args.page_size, ops, args.pid)
         if len(trace) == 0:
@@ -257,6 +290,8 @@ def cmd_replay(args) -> int:
         close = getattr(kernel, "close", None)
         if callable(close):
             close()
+        if made_swap_dir:
+            _remove_swap_dir(args.swap)
     if args.json:
         out = {"trace": args.trace, "policy": policy, "memory": memory, "page_size": args.page_size,
                "memory_pages": memory // args.page_size, "files": len(trace.names), "swap": args.swap}
