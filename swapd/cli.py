@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "no pool holds it.")
     st.add_argument("directory", nargs="?", default=DEFAULT_DIR, metavar="DIR",
                     help=f"the swap directory (default: {DEFAULT_DIR})")
-    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.add_argument("--json", action="store_true", help="print the status as JSON on stdout instead of text")
     from swapd.profiles_cli import add_profiles_parser
 
     add_profiles_parser(sub)

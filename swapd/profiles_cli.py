@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser, json_opt: bool = True) -> None:
                    help=f"the VAR directory; profiles live in DIR/vm/app_profile "
                         f"(default: {DEFAULT_VAR}; it must exist and be a directory)")
     if json_opt:
-        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        p.add_argument("--json", action="store_true", help="print JSON on stdout instead of text")
 
 
 def add_profiles_parser(subparsers) -> argparse.ArgumentParser:

@@ -188,7 +188,7 @@ def _add_replay(sub) -> None:
     p.add_argument("--page-size", default="4096", metavar="N",
                    help="page size: a power of two from 512 to 1MiB, in bytes or e.g. 16KiB (default 4096); "
                         "vnodefs locality --page-size takes the same values")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     p.add_argument("--swap", metavar="DIR", default=None,
                    help="back anonymous memory with a swapd pool of real sparse swap files in DIR "
                         "(default: the in-memory pager). DIR's parent must exist; DIR is created if missing. "

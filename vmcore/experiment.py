@@ -673,7 +673,8 @@ def add_experiment_parser(sub) -> None:
     s.add_argument("--latency", default="hdd", metavar="MODEL",
                    help="vnodefs device model of the cold and seeded runs (the floor runs use none): "
                         "hdd (default), ssd, nvme, SEEK_US:MBPS, or none (see vnodefs mount --help)")
-    s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON")
+    s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON to FILE, or to "
+                   "stdout if FILE is - (the table then goes to stderr)")
     s.add_argument("--plot", metavar="FILE", help="write a PNG plot (cold vs seeded wall time and requests)")
     s.add_argument("--size", default="default", metavar="SIZE",
                    help="small (CI: ~24 MiB database), default (~200 MiB) or large (~800 MiB)")
@@ -717,7 +718,7 @@ def validate(args) -> list[str]:
         raise InvalidArgument(f"unknown prefetch strategy {args.prefetch!r} (valid: read, fadvise, cache)")
     for opt in ("json", "plot"):
         path = getattr(args, opt)
-        if path is not None:
+        if path is not None and not (opt == "json" and path == "-"):
             d = os.path.dirname(os.path.abspath(path)) or "."
             if not os.path.isdir(d) or not os.access(d, os.W_OK):
                 raise InvalidArgument(f"--{opt} {path}: directory {d} is not writable")
@@ -747,13 +748,17 @@ def run_experiment(args) -> int:
     finally:
         exp.teardown()
     rep["elapsed_s"] = round(time.monotonic() - t0, 1)
-    print(format_table(rep))
-    print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""))
-    if args.json:
+    out = sys.stderr if args.json == "-" else sys.stdout  # stdout holds only the JSON then
+    print(format_table(rep), file=out)
+    print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""), file=out)
+    if args.json == "-":
+        json.dump(_finite(rep), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.json:
         with open(args.json, "w") as fh:
             json.dump(_finite(rep), fh, indent=1)
-        print(f"JSON: {args.json}")
+        print(f"JSON: {args.json}", file=out)
     if args.plot:
         plot(rep, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}", file=out)
     return 0

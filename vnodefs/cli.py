@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "time blocked) on stderr, and exit with COMMAND's exit status.")
     r.add_argument("source", metavar="SOURCE")
     _add_mount_options(r)
-    r.add_argument("--json", metavar="FILE", help="also write the summary as JSON (keys include wall_s, "
+    r.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE, or to stdout "
+                   "if FILE is - (the text summary is on stderr either way; keys include wall_s, "
                    "exit_status, requests, bytes_read, pages_read, major_faults, trace)")
     r.add_argument("--quiet", action="store_true", help="do not print the summary")
     g = r.add_argument_group("launch profiles (issue 6: record a real program's launch, seed the next ones)")
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep", metavar="DIR", help="keep the data and traces in DIR (created if missing)")
     d.add_argument("--seed", type=int, default=1, help="random seed of the data and access pattern (default 1)")
     d.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
-    d.add_argument("--json", metavar="FILE", help="also write the per-phase summaries as JSON")
+    d.add_argument("--json", metavar="FILE", help="also write the per-phase summaries as JSON to FILE, or to "
+                   "stdout if FILE is - (the table then goes to stderr)")
 
     for name in ("trace", "summary"):
         t = sub.add_parser(name, help="print the summary of a trace file" + (" (alias of trace)" if name == "summary" else ""),
@@ -175,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_locality_parser(sub)
     add_export_parser(sub)
     return p
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+    """`obj` as JSON to the file `path`, or to stdout when `path` is "-"."""
+    if path == "-":
+        json.dump(obj, sys.stdout, indent=indent)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.write("\n")
 
 
 def _err(cmd: str, msg: str) -> int:
@@ -262,7 +276,7 @@ def cmd_run(args, command: list[str]) -> int:
         return _err("run", str(e))
     if note:
         print(f"vnodefs run: {note}", file=sys.stderr)
-    if args.json:
+    if args.json and args.json != "-":
         jdir = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(jdir) or not os.access(jdir, os.W_OK) or os.path.isdir(args.json):
             return _err("run", f"cannot write JSON file {args.json}")
@@ -290,9 +304,7 @@ def cmd_run(args, command: list[str]) -> int:
         if trace:
             print(f"  trace         {trace}", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, summary)
     return status
 
 
@@ -317,9 +329,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
     if not args.quiet:
         print(format_report(summary), file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, summary)
     return status
 
 
