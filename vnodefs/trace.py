@@ -364,6 +364,44 @@ class Trace:
         out["page"] = first[idx] + within
         return out
 
+    @property
+    def start_ns(self) -> int:
+        """The trace's time origin (CLOCK_MONOTONIC ns): the header's `start_monotonic_ns` (the
+        mount's start), else the first record's start, else 0."""
+        t0 = self.header.get("start_monotonic_ns")
+        if isinstance(t0, int) and not isinstance(t0, bool):
+            return t0
+        return int(self.records["start_ns"].min()) if self.records.size else 0
+
+    def to_pandas(self):
+        """The request records as a pandas DataFrame (pandas is an optional dependency: pip install
+        pandas), one row a request in start-time order, with columns `t_s` (start, seconds since the
+        trace's start: `start_ns` above), `dur_s`, `delay_s`, `op` (its name: read, write, ...;
+        unknown codes by number), `path` (relative to the mount root; "" for file id 0 or an
+        unknown id), then the raw fields `file`, `pid` (0 = the kernel), `uid`, `offset`, `length`,
+        `result` (bytes or -errno), `flags`, `dev_addr`, `dev_prev`, `seek_ns`, `rot_ns`,
+        `xfer_ns`, `dev_segments`, `start_ns`, `dur_ns`, `delay_ns`."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Trace.to_pandas() needs pandas, an optional dependency: pip install pandas "
+                              "(or pip install 'machvm-lab[pandas]')") from None
+        r = self.records
+        t0 = self.start_ns
+        files = self.files
+        paths = np.array([files.get(int(f), "") for f in r["file"].tolist()], dtype=object)
+        cols = {
+            "t_s": (r["start_ns"] - t0) / 1e9,
+            "dur_s": r["dur_ns"] / 1e9,
+            "delay_s": r["delay_ns"] / 1e9,
+            "op": pd.Categorical(self.op_names()),
+            "path": paths,
+        }
+        for name in ("file", "pid", "uid", "offset", "length", "result", "flags") + DEVICE_FIELDS + \
+                ("start_ns", "dur_ns", "delay_ns"):
+            cols[name] = r[name]
+        return pd.DataFrame(cols)
+
     def op_names(self) -> np.ndarray:
         """The op name of every record (a numpy str array), for display."""
         names = np.array(["?"] + [OP_NAMES.get(i, str(i)) for i in range(1, 256)], dtype=object)
