@@ -140,8 +140,10 @@ def _load_vnodefs(path, page_size, ops, pid, AccessTrace, TraceError):
         warnings.simplefilter("always")
         try:
             tr = vtrace.load(path)
-        except ValueError as e:  # not a trace, or a damaged one: the message names the file
-            raise TraceError(str(e) if str(e).startswith(path) else f"cannot read vnodefs trace {path}: {e}") from None
+        except ValueError as e:  # not a trace, or a damaged one: the message names the file once
+            msg = str(e)
+            raise TraceError(f"cannot read vnodefs trace {msg}" if msg.startswith(path + ":")
+                             else f"cannot read vnodefs trace {path}: {msg}") from None
         except OSError as e:
             raise TraceError(f"cannot read vnodefs trace {path}: {e}") from None
     for w in caught:  # e.g. a trace cut short by a crash: say so in one line, replay what is there
