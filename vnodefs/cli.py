@@ -12,6 +12,7 @@ Owns: the argument parsers, help texts and exit statuses of
                 [--no-drop-cache] SOURCE [mount options] -- COMMAND ...   (vnodefs.seeding)
     vnodefs demo [--size MiB] [--keep DIR] [--seed N]
     vnodefs trace TRACE [--json]          (alias: vnodefs summary)
+    vnodefs resident PATH... [--no-recurse] [--json]   (vnodefs.resident: page-cache residency)
 
 Exit statuses: 0 success; 2 bad input or a failed mount/unmount (one line on stderr, nothing left
 mounted); `run` exits with COMMAND's status (128+N for signal N, 127 if it cannot be started);
@@ -171,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     from vnodefs.export import add_export_parser
     from vnodefs.locality import add_locality_parser
+    from vnodefs.resident import add_resident_parser
 
     add_locality_parser(sub)
     add_export_parser(sub)
+    add_resident_parser(sub)
     return p
 
 
@@ -399,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, command)
         if args.cmd in ("trace", "summary"):
             return cmd_trace(args)
-        if args.cmd in ("locality", "export"):
+        if args.cmd in ("locality", "export", "resident"):
             return args.func(args)
         if args.cmd == "demo":
             return cmd_demo(args)
