@@ -22,7 +22,7 @@ Flow, in a work directory (default a fresh temp dir, removed at the end unless -
      seed="off", the seeded ones with seed="eager". Each launch is a fresh kernel (a reboot: nothing
      resident), so its own direct-mode mount's trace holds every model page-in. Results are keyed
      `model-sqlite`, `model-pyimport`.
-  3. the table (stdout), JSON (--json) and PNG (--plot).
+  3. the table (stdout), JSON (--json) and a PNG, SVG or PDF plot (--plot).
 
 JSON: {"experiment": "seeding", "config": {...}, "workloads": {NAME: {"cold": [RUN...], "seeded":
 [RUN...], "info": {...}}}, "summary": {NAME: {"cold": {MEDIANS}, "seeded": {MEDIANS}, "ratios":
@@ -597,7 +597,8 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: str) -> None:
-    """PNG: per workload, cold vs seeded wall time (s) and requests (medians, min-max bars, runs as dots)."""
+    """The plot (PNG, SVG or PDF by the extension of `path`): per workload, cold vs seeded wall time
+    (s) and requests (medians, min-max bars, runs as dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,7 +643,9 @@ def plot(report: dict, path: str) -> None:
                  f"{cfg['size']}, {cfg['runs']} run(s) each;\nbars: median, whiskers: min-max, dots: runs; "
                  f"floor: no device model)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=100)
+    from vnodefs.plots import plot_format
+
+    fig.savefig(path, dpi=100, format=plot_format(path))
     plt.close(fig)
 
 
@@ -675,7 +678,8 @@ def add_experiment_parser(sub) -> None:
                         "hdd (default), ssd, nvme, SEEK_US:MBPS, or none (see vnodefs mount --help)")
     s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON to FILE, or to "
                    "stdout if FILE is - (the table then goes to stderr)")
-    s.add_argument("--plot", metavar="FILE", help="write a PNG plot (cold vs seeded wall time and requests)")
+    s.add_argument("--plot", metavar="FILE", help="write a plot (cold vs seeded wall time and requests) to FILE, "
+                   "PNG, SVG or PDF by its extension (.png, .svg, .pdf; none: PNG)")
     s.add_argument("--size", default="default", metavar="SIZE",
                    help="small (CI: ~24 MiB database), default (~200 MiB) or large (~800 MiB)")
     s.add_argument("--work", metavar="DIR",
@@ -716,6 +720,13 @@ def validate(args) -> list[str]:
         raise InvalidArgument(f"--latency: {e}") from None
     if args.prefetch not in ("read", "fadvise", "cache"):
         raise InvalidArgument(f"unknown prefetch strategy {args.prefetch!r} (valid: read, fadvise, cache)")
+    if args.plot is not None:
+        from vnodefs.plots import plot_format
+
+        try:
+            plot_format(args.plot)
+        except ValueError as e:
+            raise InvalidArgument(f"--plot: {e}") from None
     for opt in ("json", "plot"):
         path = getattr(args, opt)
         if path is not None and not (opt == "json" and path == "-"):

@@ -705,7 +705,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "within its own sub-trace); default: the top 5 of each")
     p.add_argument("--json", action="store_true", help="print every metric as JSON on stdout (units in "
                    "'units' and in each section)")
-    p.add_argument("--plot", metavar="FILE.png", help="also write one PNG: MRC, reuse-distance histogram, "
+    p.add_argument("--plot", metavar="FILE", help="also write one figure to FILE, PNG, SVG or PDF by its "
+                   "extension (.png, .svg, .pdf; none: PNG): MRC, reuse-distance histogram, "
                    "W(t, tau), seek-distance histogram, run lengths, offset over time per file")
     p.add_argument("--tau", type=_taus_arg, default=None, metavar="S[,S...]",
                    help="working-set window lengths in seconds (default: 1%%, 10%% and 50%% of the trace's span)")
@@ -747,6 +748,13 @@ def run_locality(args) -> int:
     import os
 
     if args.plot:
+        from vnodefs.plots import plot_format
+
+        try:
+            plot_format(args.plot)
+        except ValueError as e:
+            print(f"vnodefs locality: {e}", file=sys.stderr)
+            return 2
         d = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(d) or not os.access(d, os.W_OK) or os.path.isdir(args.plot):
             print(f"vnodefs locality: cannot write plot file {args.plot}", file=sys.stderr)
