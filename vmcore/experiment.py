@@ -31,7 +31,9 @@ major_faults, requests, bytes_read (and whatever `vnodefs run --json` gave), see
 {used, wasted, late, ...} in pages.
 
 Exit status: 0 done; 2 bad input (one line); 1 a run failed (its log's last lines are shown);
-130 interrupted. Teardown in every case: no mount, no temp dir left (try/finally; Ctrl-C sends
+130 interrupted (the runs that finished are still reported: the table, and --json with
+"interrupted": true; no plot). When the work dir is removed at the end (no --keep), the JSON holds
+no path into it (trace paths are null). Teardown in every case: no mount, no temp dir left (try/finally; Ctrl-C sends
 SIGTERM to the running `vnodefs run`, which unmounts; a mount still left whose source is under the
 work dir is lazily unmounted).
 
@@ -747,6 +749,18 @@ def _finite(x):
     return x
 
 
+def _without_paths_under(x, top: str):
+    """`x` with every string naming a path inside the directory `top` replaced by None."""
+    prefix = os.path.join(os.path.abspath(top), "")
+    if isinstance(x, dict):
+        return {k: _without_paths_under(v, top) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_without_paths_under(v, top) for v in x]
+    if isinstance(x, str) and (x == prefix[:-1] or x.startswith(prefix)):
+        return None
+    return x
+
+
 def run_experiment(args) -> int:
     names = validate(args)
     exp = SeedingExperiment(names, runs=args.runs, latency=args.latency, size=args.size, seed=args.seed,
@@ -754,11 +768,23 @@ def run_experiment(args) -> int:
                             sqlite_io=args.sqlite_io, progress=None)
     exp.progress = Progress(exp.total_runs(), quiet=args.quiet)
     t0 = time.monotonic()
+    interrupted = False
     try:
         rep = exp.run()
+    except KeyboardInterrupt:  # keep what finished: a partial report, table and JSON
+        interrupted = True
     finally:
         exp.teardown()
+    if interrupted:
+        rep = exp.report()
+        rep["interrupted"] = True
+        rep["notes"] = rep["notes"] + [f"interrupted: {exp.progress.done} of {exp.total_runs()} runs completed; "
+                                       f"the table and JSON hold those runs only"]
     rep["elapsed_s"] = round(time.monotonic() - t0, 1)
+    if getattr(exp, "_made_work", False) and exp.work:  # the work dir is gone: no path may point into it
+        rep = _without_paths_under(rep, exp.work)
+        rep["notes"] = rep["notes"] + [f"the work dir {exp.work} was removed at the end, so the runs' trace "
+                                       f"paths are null (--keep keeps the traces)"]
     out = sys.stderr if args.json == "-" else sys.stdout  # stdout holds only the JSON then
     print(format_table(rep), file=out)
     print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""), file=out)
@@ -769,7 +795,12 @@ def run_experiment(args) -> int:
         with open(args.json, "w") as fh:
             json.dump(_finite(rep), fh, indent=1)
         print(f"JSON: {args.json}", file=out)
-    if args.plot:
+    if args.plot and not interrupted:
         plot(rep, args.plot)
         print(f"plot: {args.plot}", file=out)
+    if interrupted:
+        print(f"{PROG}: interrupted after {exp.progress.done} of {exp.total_runs()} runs"
+              + (f"; the partial results are in {args.json}" if args.json and args.json != "-" else "")
+              + ("; no plot written" if args.plot else ""), file=sys.stderr)
+        return 130
     return 0
