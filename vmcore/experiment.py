@@ -165,7 +165,8 @@ def _ratio(a, b):
 # ---- progress -----------------------------------------------------------------------------------------
 
 class Progress:
-    """One line per run on stderr: `[####......]  5/20  12s  sqlite seeded 2/3: ...`."""
+    """One line per run on stderr: `[#####...............]  5/20 sqlite seeded 2/3: ...` (the bar
+    drawn by tqdm's formatter, as vmcore replay's)."""
 
     def __init__(self, total: int, stream=None, quiet: bool = False):
         self.total, self.done, self.t0 = max(total, 1), 0, time.monotonic()
@@ -179,10 +180,12 @@ class Progress:
             self.stream.flush()
 
     def run_done(self, text: str) -> None:
+        from tqdm import tqdm
+
         self.done += 1
-        width = 20
-        k = min(width, self.done * width // self.total)
-        self.say(f"[{'#' * k}{'.' * (width - k)}] {self.done:>2}/{self.total} {text}")
+        bar = tqdm.format_meter(min(self.done, self.total), self.total, time.monotonic() - self.t0, ascii=".#",
+                                bar_format="[{bar:20}] {n:>2}/{total}")
+        self.say(f"{bar} {text}")
 
 
 # ---- the experiment -----------------------------------------------------------------------------------
