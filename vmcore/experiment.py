@@ -190,6 +190,25 @@ class Progress:
 
 # ---- the experiment -----------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a SIGINT that arrives inside the block until it ends (then raise KeyboardInterrupt), so
+    a child started in the block is always recorded before the interrupt unwinds (main thread
+    only; elsewhere a no-op)."""
+    got = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
+
+
 class SeedingExperiment:
     def __init__(self, workloads, runs=3, latency="hdd", size="default", seed=1, work=None,
                  keep=False, cache="page", prefetch=None, sqlite_io="read", python=None,
@@ -278,8 +297,9 @@ class SeedingExperiment:
         with open(log, "w") as lf:
             lf.write(" ".join(argv) + "\n")
             lf.flush()
-            self._child = subprocess.Popen(argv, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, env=env,
-                                           cwd=runs_dir, start_new_session=True)
+            with _sigint_deferred():  # a Ctrl-C now would orphan a child teardown cannot see
+                self._child = subprocess.Popen(argv, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, env=env,
+                                               cwd=runs_dir, start_new_session=True)
             rc = self._child.wait()
             self._child = None
         try:
