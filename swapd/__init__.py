@@ -18,6 +18,7 @@ cli (`swapd status`). The on-disk layout is specified in swapd/FORMAT.md.
 swapd imports nothing of vmcore but vmcore.pager (and never vnodefs or FUSE).
 """
 
+from vmcore import __version__  # noqa: F401  (one version for the three packages)
 from swapd.errors import (  # noqa: F401
     SwapClosedError,
     SwapConfigError,
@@ -30,6 +31,6 @@ from swapd.pool import SwapPool  # noqa: F401
 from swapd.status import format_status, read_status  # noqa: F401
 from swapd.swapfile import SwapFileDamaged  # noqa: F401
 
-__all__ = ["SwapPool", "SwapPager", "SwapError", "SwapConfigError", "SwapDirError",
+__all__ = ["__version__", "SwapPool", "SwapPager", "SwapError", "SwapConfigError", "SwapDirError",
            "SwapLockedError", "SwapClosedError", "SwapFileDamaged", "read_status",
            "format_status"]

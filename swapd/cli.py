@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "swap files (swapfile0, swapfile1, ...) that grow and shrink at watermarks. "
                     "A pool lives inside the process that builds it (vmcore's Kernel(swap=DIR)); "
                     "this command inspects a pool directory from outside.")
+    from swapd import __version__
+
+    parser.add_argument("--version", action="version", version=f"swapd {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     st = sub.add_parser(
         "status", help="show a swap directory: files, sizes, allocated bytes, slots, watermarks",
@@ -34,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "no pool holds it.")
     st.add_argument("directory", nargs="?", default=DEFAULT_DIR, metavar="DIR",
                     help=f"the swap directory (default: {DEFAULT_DIR})")
-    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.add_argument("--json", action="store_true", help="print the status as JSON on stdout instead of text")
     from swapd.profiles_cli import add_profiles_parser
 
     add_profiles_parser(sub)
@@ -44,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # no command: usage on stderr, as for a usage error
+        parser.print_help(sys.stderr)
+        return 2
     if args.command == "profiles":
         from swapd.profiles_cli import run_profiles
 

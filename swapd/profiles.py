@@ -78,7 +78,9 @@ def tree_of(var: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class ProfileInfo:
-    """One entry of `list()`: read from the header only (the payload is not checked here)."""
+    """One entry of `list()`: read from the header (with `verify`, the whole file is checked too).
+    `state` is "ok", "damaged" (`error` says why) or "quarantined" (a `.corrupt-<time>` file a
+    load moved aside; only with `list(quarantined=True)`)."""
 
     uid: int
     app: str
@@ -92,12 +94,13 @@ class ProfileInfo:
     window_ns: int = 0
     page_size: int = 0
     error: str | None = None  # why the header is unreadable (then the fields above are zero)
+    state: str = "ok"
 
     def as_dict(self) -> dict:
         d = {"app": self.app, "uid": self.uid, "path": self.path, "size": self.size,
              "pages": self.pages, "files": self.files, "launches": self.launches,
              "created_ns": self.created_ns, "window_s": self.window_ns / 1e9,
-             "page_size": self.page_size, "error": self.error,
+             "page_size": self.page_size, "error": self.error, "state": self.state,
              "identity": None if self.identity is None else {
                  "path": self.identity.path, "inode": self.identity.inode,
                  "mtime_ns": self.identity.mtime_ns}}
@@ -356,9 +359,11 @@ class AppProfileStore:
                         os.unlink(os.path.join(d, name))
 
     # ---- listing and removal ----
-    def list(self) -> list[ProfileInfo]:
-        """Every profile file in the tree (sorted by uid, app), from its header; damaged headers are
-        listed with `error` set (nothing is moved)."""
+    def list(self, verify: bool = False, quarantined: bool = False) -> list[ProfileInfo]:
+        """Every profile file in the tree (sorted by uid, app), from its header; damaged ones are
+        listed with `error` set and state "damaged" (nothing is moved). `verify`: also read and
+        check each whole file (payload, checksum), as a load would. `quarantined`: also list the
+        `.corrupt-<time>` files loads moved aside, state "quarantined"."""
         out: list[ProfileInfo] = []
         try:
             uids = os.listdir(self.root)
@@ -369,12 +374,24 @@ class AppProfileStore:
             if not os.path.isdir(d):
                 continue
             for name in sorted(os.listdir(d)):
-                if not name.endswith(PROFILE_SUFFIX) or name.startswith("."):
+                if name.startswith("."):
                     continue
-                out.append(self._info(int(u), name[:-len(PROFILE_SUFFIX)], os.path.join(d, name)))
+                if quarantined and CORRUPT_TAG in name and PROFILE_SUFFIX + CORRUPT_TAG in name:
+                    app, stamp = name.split(PROFILE_SUFFIX + CORRUPT_TAG, 1)
+                    path = os.path.join(d, name)
+                    try:
+                        size = os.lstat(path).st_size
+                    except OSError:
+                        size = 0
+                    out.append(ProfileInfo(int(u), app, path, size, state="quarantined",
+                                           error=f"a damaged profile moved aside at {stamp}; not used"))
+                    continue
+                if not name.endswith(PROFILE_SUFFIX):
+                    continue
+                out.append(self._info(int(u), name[:-len(PROFILE_SUFFIX)], os.path.join(d, name), verify))
         return out
 
-    def _info(self, uid: int, app: str, path: str) -> ProfileInfo:
+    def _info(self, uid: int, app: str, path: str, verify: bool = False) -> ProfileInfo:
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -386,15 +403,20 @@ class AppProfileStore:
             err = None
             if size != h.file_size:
                 err = f"size {size} bytes, the header says {h.file_size}"
+            elif verify:
+                try:
+                    self._read_path(path)
+                except (ProfileFormatError, AppProfileTreeError, ProfileNotFound) as e:
+                    err = str(e)[len(path) + 2:] if str(e).startswith(path + ": ") else str(e)
             return ProfileInfo(uid, app, path, size, AppIdentity(exe, h.exe_inode, h.exe_mtime_ns),
                                h.n_entries, h.n_files, h.launches, h.created_ns, h.window_ns,
-                               h.page_size, err)
+                               h.page_size, err, "damaged" if err else "ok")
         except (ProfileFormatError, ValueError, OSError) as e:
             try:
                 size = os.lstat(path).st_size
             except OSError:
                 size = 0
-            return ProfileInfo(uid, app, path, size, error=str(e))
+            return ProfileInfo(uid, app, path, size, error=str(e), state="damaged")
 
     def remove(self, uid: int, app: str) -> bool:
         """Delete the profile of (uid, app); True if there was one."""

@@ -8,7 +8,8 @@ also works alone: `python -m swapd.profiles_cli list`.
     swapd profiles show NAME [--uid UID] [--entries N] [--json] [--var DIR]
     swapd profiles rm NAME [--uid UID] [--var DIR]
 
-`list` reads headers only and never changes the tree (a damaged file is listed with its error);
+`list` reads and verifies every file and never changes the tree (a damaged file is listed as
+DAMAGED with its error, a file a load moved aside as QUARANTINED);
 `show` reads and verifies the whole file (a damaged one: one line on stderr, exit 1, left in place
 for inspection; the kernel's load is what moves damaged files aside). Exit status: 0 ok, 1 a profile
 is missing or damaged or the tree is unusable, 2 bad usage (e.g. a name that would escape the tree).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -30,9 +32,9 @@ DEFAULT_VAR = "var"
 def _common(p: argparse.ArgumentParser, json_opt: bool = True) -> None:
     p.add_argument("--var", default=DEFAULT_VAR, metavar="DIR",
                    help=f"the VAR directory; profiles live in DIR/vm/app_profile "
-                        f"(default: {DEFAULT_VAR})")
+                        f"(default: {DEFAULT_VAR}; it must exist and be a directory)")
     if json_opt:
-        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        p.add_argument("--json", action="store_true", help="print JSON on stdout instead of text")
 
 
 def add_profiles_parser(subparsers) -> argparse.ArgumentParser:
@@ -46,8 +48,12 @@ def add_profiles_parser(subparsers) -> argparse.ArgumentParser:
     sub = pp.add_subparsers(dest="profiles_command", metavar="{list,show,rm}")
     pl = sub.add_parser("list", help="one line per profile: app, uid, pages, launches, size, "
                                      "created, executable identity",
-                        description="List every profile in the tree from its header (nothing is "
-                                    "changed; a damaged file is listed with its error).")
+                        description="List every profile in the tree: each file is read and "
+                                    "verified as a launch would (nothing is changed); a damaged "
+                                    "file (header or payload) is listed as DAMAGED with its error, "
+                                    "a damaged file a launch moved aside (<app>.aprof.corrupt-<time>) "
+                                    "as QUARANTINED. --json: each profile has state ok, damaged or "
+                                    "quarantined.")
     _common(pl)
     ps = sub.add_parser("show", help="a profile's header, pages per file and first entries",
                         description="Show one profile: its header, the number of pages per "
@@ -102,7 +108,16 @@ def run_profiles(args: argparse.Namespace) -> int:
     if cmd is None:
         args._profiles_parser.print_help()
         return 0
-    store = AppProfileStore(args.var)
+    var = args.var
+    if not os.path.lexists(var):
+        print(f"swapd: --var {var} does not exist (give the VAR directory that holds vm/app_profile)",
+              file=sys.stderr)
+        return 1
+    if not os.path.isdir(var):
+        print(f"swapd: --var {var} is not a directory (give the VAR directory that holds vm/app_profile)",
+              file=sys.stderr)
+        return 1
+    store = AppProfileStore(var)
     try:
         if cmd == "list":
             return _list(store, args)
@@ -126,15 +141,19 @@ def run_profiles(args: argparse.Namespace) -> int:
     except ProfileNameError as e:
         print(f"swapd: {e}", file=sys.stderr)
         return 2
-    except (ProfileNotFound, ProfileFormatError, AppProfileTreeError, OSError) as e:
+    except (ProfileNotFound, ProfileFormatError, AppProfileTreeError) as e:
         print(f"swapd: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. VAR/vm is a file: name the path, not the errno
+        where = e.filename or store.root
+        print(f"swapd: cannot read the profile tree at {where}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"swapd: unknown profiles command {cmd!r}", file=sys.stderr)  # pragma: no cover
     return 2
 
 
 def _list(store: AppProfileStore, args) -> int:
-    infos = store.list()
+    infos = store.list(verify=True, quarantined=True)
     if args.json:
         json.dump({"tree": store.root, "profiles": [i.as_dict() for i in infos]}, sys.stdout,
                   indent=1)
@@ -146,9 +165,17 @@ def _list(store: AppProfileStore, args) -> int:
     print(f"{'APP':<20s} {'UID':>6s} {'PAGES':>8s} {'FILES':>5s} {'LAUNCH':>6s} {'SIZE':>7s} "
           f"{'CREATED':<19s} IDENTITY")
     for i in infos:
-        if i.error:
+        if i.state == "quarantined":
+            print(f"{i.app:<20s} {i.uid:>6d} {'-':>8s} {'-':>5s} {'-':>6s} {_fmt_size(i.size):>7s} "
+                  f"{'-':<19s} QUARANTINED: {i.error} ({os.path.basename(i.path)})")
+            continue
+        if i.error and i.identity is None:
             print(f"{i.app:<20s} {i.uid:>6d} {'-':>8s} {'-':>5s} {'-':>6s} {_fmt_size(i.size):>7s} "
                   f"{'-':<19s} DAMAGED: {i.error}")
+            continue
+        if i.error:  # the header reads, the rest does not
+            print(f"{i.app:<20s} {i.uid:>6d} {i.pages:>8d} {i.files:>5d} {i.launches:>6d} "
+                  f"{_fmt_size(i.size):>7s} {_fmt_time(i.created_ns):<19s} DAMAGED: {i.error}")
             continue
         ident = i.identity
         print(f"{i.app:<20s} {i.uid:>6d} {i.pages:>8d} {i.files:>5d} {i.launches:>6d} "

@@ -24,3 +24,20 @@ def test_ci_runs_readme_test_command():
     m = re.search(r"^TEST_COMMAND='(.*)'$", ci, re.M)
     assert m, ".ci/run must define TEST_COMMAND"
     assert m.group(1) == readme_commands()[1]
+
+
+def test_readme_documents_every_command_and_the_options_users_rely_on():
+    """Each vnodefs subcommand and the shared conventions (--force, --version, --json -, plot formats)
+    are described in README.md."""
+    import argparse
+
+    from vnodefs.cli import build_parser
+
+    text = (ROOT / "README.md").read_text()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in sub.choices:
+        if name != "summary":  # the alias of trace
+            assert f"vnodefs {name}" in text, f"README.md does not describe `vnodefs {name}`"
+    for needle in ("--force", "--version", "--json FILE|-", ".svg", "to_pandas", "returns a `Trace`",
+                   "QUARANTINED", ".swapd.lock", "1PiB"):
+        assert needle in text, f"README.md does not mention {needle}"

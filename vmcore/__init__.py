@@ -6,7 +6,10 @@ resolved lazily (PEP 562) so that backing-store packages can import vmcore.pager
 in the wiring layer.
 """
 
-from vmcore.errors import (  # noqa: F401
+#: the project's version (pyproject.toml's; vnodefs and swapd report the same)
+__version__ = "0.1.0"
+
+from vmcore.errors import (  # noqa: F401,E402
     ContractViolation,
     InvalidAddress,
     InvalidArgument,
@@ -16,10 +19,10 @@ from vmcore.errors import (  # noqa: F401
     ResourceShortage,
     VMError,
 )
-from vmcore.pager import Pager, PagerKind, PagerResult  # noqa: F401
+from vmcore.pager import Pager, PagerKind, PagerResult  # noqa: F401,E402
 
 __all__ = [
-    "Kernel", "VMError", "InvalidAddress", "ProtectionFailure", "NoSpace", "InvalidArgument",
+    "__version__", "Kernel", "VMError", "InvalidAddress", "ProtectionFailure", "NoSpace", "InvalidArgument",
     "ResourceShortage", "PagerIOError", "ContractViolation", "Pager", "PagerKind", "PagerResult",
 ]
 

@@ -58,40 +58,40 @@ def _kernel_class():
 
 # ---- progress -----------------------------------------------------------------------------------------
 
+#: the bar's layout (tqdm's bar_format): `label  42.0% [##########..............] 420k/1.00M
+#: accesses 1.2Maccesses/s ETA 00:03`
+BAR_FORMAT = "{desc} {percentage:5.1f}% [{bar:24}] {n_fmt}/{total_fmt} {unit} {rate_fmt} ETA {remaining}"
+
+
 class Progress:
-    """A one-line progress bar on stderr: `label  42% [#####.....] 420000/1000000 1.2M/s ETA 3s`.
-    Redraws at most every `interval` seconds; does nothing when disabled."""
+    """A one-line progress bar on stderr (tqdm): `label  42.0% [##########......] 420k/1.00M
+    accesses 1.2Maccesses/s ETA 00:03`. Called as `bar(done, total)`; draws on the first call,
+    then at most every `interval` seconds, and the final state on close(); does nothing when
+    disabled."""
 
     def __init__(self, label: str, enabled: bool, stream=None, interval: float = 0.2, unit: str = "accesses"):
         self.label, self.enabled, self.interval, self.unit = label, enabled, interval, unit
         self.stream = stream if stream is not None else sys.stderr
-        self.t0 = time.monotonic()
-        self._last = float("-inf")  # the first call always draws
-        self._drawn = False
+        self._bar = None
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if done < total and now - self._last < self.interval:
-            return
-        self._last = now
-        el = max(now - self.t0, 1e-9)
-        rate = done / el
-        frac = done / total if total else 1.0
-        width = 24
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-        eta = (total - done) / rate if rate > 0 else 0.0
-        self.stream.write(f"\r{self.label} {frac * 100:5.1f}% [{bar}] {done}/{total} {self.unit} "
-                          f"{_si(rate)}/s ETA {eta:4.0f}s ")
-        self.stream.flush()
-        self._drawn = True
+        if self._bar is None:
+            from tqdm import tqdm
+
+            # drawn at once (0 so far: the rate and ETA count from here), then throttled
+            self._bar = tqdm(total=total, file=self.stream, desc=self.label, unit=self.unit, unit_scale=True,
+                             mininterval=self.interval, maxinterval=max(10.0, self.interval), miniters=1,
+                             smoothing=0, ascii=".#", bar_format=BAR_FORMAT, dynamic_ncols=False)
+        if total != self._bar.total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()  # draws the final state and ends the line
+            self._bar = None
 
 
 def _si(x: float) -> str:
@@ -140,7 +140,11 @@ def _load_vnodefs(path, page_size, ops, pid, AccessTrace, TraceError):
         warnings.simplefilter("always")
         try:
             tr = vtrace.load(path)
-        except (ValueError, OSError) as e:
+        except ValueError as e:  # not a trace, or a damaged one: the message names the file once
+            msg = str(e)
+            raise TraceError(f"cannot read vnodefs trace {msg}" if msg.startswith(path + ":")
+                             else f"cannot read vnodefs trace {path}: {msg}") from None
+        except OSError as e:
             raise TraceError(f"cannot read vnodefs trace {path}: {e}") from None
     for w in caught:  # e.g. a trace cut short by a crash: say so in one line, replay what is there
         print(f"{PROG} replay: warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
@@ -178,14 +182,20 @@ def _add_replay(sub) -> None:
         epilog="Example: vmcore replay trace.txt --memory 16MiB --policy lru --json")
     p.add_argument("trace", metavar="TRACE", help="trace file (text, .npy or vnodefs)")
     p.add_argument("--memory", required=True, metavar="SIZE",
-                   help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes")
+                   help="physical memory of the kernel, e.g. 16MiB, 512KiB, 1GiB or bytes (units B, K/KiB, "
+                        "M/MiB, G/GiB, T/TiB, P/PiB, E/EiB, all binary); refused unless its page frames "
+                        "fit in this machine's available memory")
     p.add_argument("--policy", default="mach", metavar="POLICY",
                    help="replacement policy: mach (default: active/inactive queues), lru, fifo or clock")
-    p.add_argument("--page-size", type=int, default=4096, metavar="N", help="page size in bytes (default 4096)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--page-size", default="4096", metavar="N",
+                   help="page size: a power of two from 512 to 1MiB, in bytes or e.g. 16KiB (default 4096); "
+                        "vnodefs locality --page-size takes the same values")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
     p.add_argument("--swap", metavar="DIR", default=None,
                    help="back anonymous memory with a swapd pool of real sparse swap files in DIR "
-                        "(default: the in-memory pager); the files are removed at the end")
+                        "(default: the in-memory pager). DIR's parent must exist; DIR is created if missing. "
+                        "At the end the swap files are removed, and so is DIR if this command created it; "
+                        "an existing DIR keeps only its empty .swapd.lock (swapd/FORMAT.md)")
     p.add_argument("--ops", default="read,write", metavar="OPS",
                    help="vnodefs traces: which request kinds to replay (default read,write)")
     p.add_argument("--pid", type=int, default=None, help="vnodefs traces: only this process's requests")
@@ -211,10 +221,29 @@ def _counter_lines(result) -> list[str]:
     return out
 
 
+def _remove_swap_dir(path: str) -> None:
+    """Remove a swap directory this command created, once its pool is closed: the lock file and the
+    directory, only if nothing else was put there."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    if set(names) <= {".swapd.lock"}:
+        for name in names:
+            try:
+                os.unlink(os.path.join(path, name))
+            except OSError:
+                return
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
 def cmd_replay(args) -> int:
     from vmcore.policy import POLICIES
     from vmcore.replay import replay
-    from vmcore.types import parse_size
+    from vmcore.types import parse_page_size, parse_size
 
     name = f"{PROG} replay"
     policy = args.policy.strip().lower()
@@ -223,18 +252,32 @@ def cmd_replay(args) -> int:
     memory = parse_size(args.memory, "memory")
     if memory <= 0:
         raise InvalidArgument(f"memory {args.memory!r} must be positive")
-    if args.page_size <= 0 or args.page_size & (args.page_size - 1):
-        raise InvalidArgument(f"page size {args.page_size} is not a positive power of two")
+    args.page_size = parse_page_size(args.page_size)
     if args.chunk < 1:
         raise InvalidArgument(f"--chunk {args.chunk} must be >= 1")
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
     if not ops:
         raise InvalidArgument("--ops names no request kind (e.g. read,write)")
+    from vmcore.lab import check_memory_fits
+
+    check_memory_fits(args.memory, args.page_size)  # before a frame or a swap file exists
     Kernel = _kernel_class()
     extra = {}
+    made_swap_dir = False
     if args.swap is not None:
+        swap = os.path.abspath(args.swap)
+        parent = os.path.dirname(swap)
+        if not os.path.isdir(parent):
+            raise InvalidArgument(f"--swap {args.swap}: the directory {parent} does not exist (create it, or "
+                                  f"give a DIR whose parent exists)")
+        made_swap_dir = not os.path.lexists(swap)
         extra["swap"] = args.swap
-    kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy, **extra)
+    try:
+        kernel = Kernel(memory=memory, page_size=args.page_size, policy=policy, **extra)
+    except BaseException:
+        if made_swap_dir:
+            _remove_swap_dir(args.swap)
+        raise
     try:
         trace = load_trace(args.trace, args.page_size, ops, args.pid)
         if len(trace) == 0:
@@ -249,6 +292,8 @@ def cmd_replay(args) -> int:
         close = getattr(kernel, "close", None)
         if callable(close):
             close()
+        if made_swap_dir:
+            _remove_swap_dir(args.swap)
     if args.json:
         out = {"trace": args.trace, "policy": policy, "memory": memory, "page_size": args.page_size,
                "memory_pages": memory // args.page_size, "files": len(trace.names), "swap": args.swap}
@@ -277,7 +322,11 @@ def _add_experiment(sub) -> None:
 # ---- main ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from vmcore import __version__
+
     parser = _Parser(prog=PROG, description="vmcore: a runnable model of the Mach / Mac OS X VM system.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_replay(sub)
     from vmcore.scenario import add_scenario_parser
@@ -293,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already reported in one line
         return e.code if isinstance(e.code, int) else 2
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+    if getattr(args, "func", None) is None:  # no command: usage on stderr, as for a usage error
+        parser.print_help(sys.stderr)
+        return 2
     prog = f"{PROG} {args.command}"
     try:
         return args.func(args)

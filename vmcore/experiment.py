@@ -22,7 +22,7 @@ Flow, in a work directory (default a fresh temp dir, removed at the end unless -
      seed="off", the seeded ones with seed="eager". Each launch is a fresh kernel (a reboot: nothing
      resident), so its own direct-mode mount's trace holds every model page-in. Results are keyed
      `model-sqlite`, `model-pyimport`.
-  3. the table (stdout), JSON (--json) and PNG (--plot).
+  3. the table (stdout), JSON (--json) and a PNG, SVG or PDF plot (--plot).
 
 JSON: {"experiment": "seeding", "config": {...}, "workloads": {NAME: {"cold": [RUN...], "seeded":
 [RUN...], "info": {...}}}, "summary": {NAME: {"cold": {MEDIANS}, "seeded": {MEDIANS}, "ratios":
@@ -31,7 +31,9 @@ major_faults, requests, bytes_read (and whatever `vnodefs run --json` gave), see
 {used, wasted, late, ...} in pages.
 
 Exit status: 0 done; 2 bad input (one line); 1 a run failed (its log's last lines are shown);
-130 interrupted. Teardown in every case: no mount, no temp dir left (try/finally; Ctrl-C sends
+130 interrupted (the runs that finished are still reported: the table, and --json with
+"interrupted": true; no plot). When the work dir is removed at the end (no --keep), the JSON holds
+no path into it (trace paths are null). Teardown in every case: no mount, no temp dir left (try/finally; Ctrl-C sends
 SIGTERM to the running `vnodefs run`, which unmounts; a mount still left whose source is under the
 work dir is lazily unmounted).
 
@@ -163,7 +165,8 @@ def _ratio(a, b):
 # ---- progress -----------------------------------------------------------------------------------------
 
 class Progress:
-    """One line per run on stderr: `[####......]  5/20  12s  sqlite seeded 2/3: ...`."""
+    """One line per run on stderr: `[#####...............]  5/20 sqlite seeded 2/3: ...` (the bar
+    drawn by tqdm's formatter, as vmcore replay's)."""
 
     def __init__(self, total: int, stream=None, quiet: bool = False):
         self.total, self.done, self.t0 = max(total, 1), 0, time.monotonic()
@@ -177,13 +180,34 @@ class Progress:
             self.stream.flush()
 
     def run_done(self, text: str) -> None:
+        from tqdm import tqdm
+
         self.done += 1
-        width = 20
-        k = min(width, self.done * width // self.total)
-        self.say(f"[{'#' * k}{'.' * (width - k)}] {self.done:>2}/{self.total} {text}")
+        bar = tqdm.format_meter(min(self.done, self.total), self.total, time.monotonic() - self.t0, ascii=".#",
+                                bar_format="[{bar:20}] {n:>2}/{total}")
+        self.say(f"{bar} {text}")
 
 
 # ---- the experiment -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a SIGINT that arrives inside the block until it ends (then raise KeyboardInterrupt), so
+    a child started in the block is always recorded before the interrupt unwinds (main thread
+    only; elsewhere a no-op)."""
+    got = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
+
 
 class SeedingExperiment:
     def __init__(self, workloads, runs=3, latency="hdd", size="default", seed=1, work=None,
@@ -273,8 +297,9 @@ class SeedingExperiment:
         with open(log, "w") as lf:
             lf.write(" ".join(argv) + "\n")
             lf.flush()
-            self._child = subprocess.Popen(argv, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, env=env,
-                                           cwd=runs_dir, start_new_session=True)
+            with _sigint_deferred():  # a Ctrl-C now would orphan a child teardown cannot see
+                self._child = subprocess.Popen(argv, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL, env=env,
+                                               cwd=runs_dir, start_new_session=True)
             rc = self._child.wait()
             self._child = None
         try:
@@ -597,7 +622,8 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: str) -> None:
-    """PNG: per workload, cold vs seeded wall time (s) and requests (medians, min-max bars, runs as dots)."""
+    """The plot (PNG, SVG or PDF by the extension of `path`): per workload, cold vs seeded wall time
+    (s) and requests (medians, min-max bars, runs as dots)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,7 +668,9 @@ def plot(report: dict, path: str) -> None:
                  f"{cfg['size']}, {cfg['runs']} run(s) each;\nbars: median, whiskers: min-max, dots: runs; "
                  f"floor: no device model)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=100)
+    from vnodefs.plots import plot_format
+
+    fig.savefig(path, dpi=100, format=plot_format(path))
     plt.close(fig)
 
 
@@ -673,8 +701,10 @@ def add_experiment_parser(sub) -> None:
     s.add_argument("--latency", default="hdd", metavar="MODEL",
                    help="vnodefs device model of the cold and seeded runs (the floor runs use none): "
                         "hdd (default), ssd, nvme, SEEK_US:MBPS, or none (see vnodefs mount --help)")
-    s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON")
-    s.add_argument("--plot", metavar="FILE", help="write a PNG plot (cold vs seeded wall time and requests)")
+    s.add_argument("--json", metavar="FILE", help="write the runs and the summary as JSON to FILE, or to "
+                   "stdout if FILE is - (the table then goes to stderr)")
+    s.add_argument("--plot", metavar="FILE", help="write a plot (cold vs seeded wall time and requests) to FILE, "
+                   "PNG, SVG or PDF by its extension (.png, .svg, .pdf; none: PNG)")
     s.add_argument("--size", default="default", metavar="SIZE",
                    help="small (CI: ~24 MiB database), default (~200 MiB) or large (~800 MiB)")
     s.add_argument("--work", metavar="DIR",
@@ -715,9 +745,16 @@ def validate(args) -> list[str]:
         raise InvalidArgument(f"--latency: {e}") from None
     if args.prefetch not in ("read", "fadvise", "cache"):
         raise InvalidArgument(f"unknown prefetch strategy {args.prefetch!r} (valid: read, fadvise, cache)")
+    if args.plot is not None:
+        from vnodefs.plots import plot_format
+
+        try:
+            plot_format(args.plot)
+        except ValueError as e:
+            raise InvalidArgument(f"--plot: {e}") from None
     for opt in ("json", "plot"):
         path = getattr(args, opt)
-        if path is not None:
+        if path is not None and not (opt == "json" and path == "-"):
             d = os.path.dirname(os.path.abspath(path)) or "."
             if not os.path.isdir(d) or not os.access(d, os.W_OK):
                 raise InvalidArgument(f"--{opt} {path}: directory {d} is not writable")
@@ -735,6 +772,18 @@ def _finite(x):
     return x
 
 
+def _without_paths_under(x, top: str):
+    """`x` with every string naming a path inside the directory `top` replaced by None."""
+    prefix = os.path.join(os.path.abspath(top), "")
+    if isinstance(x, dict):
+        return {k: _without_paths_under(v, top) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_without_paths_under(v, top) for v in x]
+    if isinstance(x, str) and (x == prefix[:-1] or x.startswith(prefix)):
+        return None
+    return x
+
+
 def run_experiment(args) -> int:
     names = validate(args)
     exp = SeedingExperiment(names, runs=args.runs, latency=args.latency, size=args.size, seed=args.seed,
@@ -742,18 +791,39 @@ def run_experiment(args) -> int:
                             sqlite_io=args.sqlite_io, progress=None)
     exp.progress = Progress(exp.total_runs(), quiet=args.quiet)
     t0 = time.monotonic()
+    interrupted = False
     try:
         rep = exp.run()
+    except KeyboardInterrupt:  # keep what finished: a partial report, table and JSON
+        interrupted = True
     finally:
         exp.teardown()
+    if interrupted:
+        rep = exp.report()
+        rep["interrupted"] = True
+        rep["notes"] = rep["notes"] + [f"interrupted: {exp.progress.done} of {exp.total_runs()} runs completed; "
+                                       f"the table and JSON hold those runs only"]
     rep["elapsed_s"] = round(time.monotonic() - t0, 1)
-    print(format_table(rep))
-    print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""))
-    if args.json:
+    if getattr(exp, "_made_work", False) and exp.work:  # the work dir is gone: no path may point into it
+        rep = _without_paths_under(rep, exp.work)
+        rep["notes"] = rep["notes"] + [f"the work dir {exp.work} was removed at the end, so the runs' trace "
+                                       f"paths are null (--keep keeps the traces)"]
+    out = sys.stderr if args.json == "-" else sys.stdout  # stdout holds only the JSON then
+    print(format_table(rep), file=out)
+    print(f"elapsed {rep['elapsed_s']} s" + (f"; work dir kept: {exp.work}" if args.keep else ""), file=out)
+    if args.json == "-":
+        json.dump(_finite(rep), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif args.json:
         with open(args.json, "w") as fh:
             json.dump(_finite(rep), fh, indent=1)
-        print(f"JSON: {args.json}")
-    if args.plot:
+        print(f"JSON: {args.json}", file=out)
+    if args.plot and not interrupted:
         plot(rep, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}", file=out)
+    if interrupted:
+        print(f"{PROG}: interrupted after {exp.progress.done} of {exp.total_runs()} runs"
+              + (f"; the partial results are in {args.json}" if args.json and args.json != "-" else "")
+              + ("; no plot written" if args.plot else ""), file=sys.stderr)
+        return 130
     return 0

@@ -444,7 +444,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--step", action="store_true",
                    help="wait for Enter between steps (only when stdin is a terminal)")
-    p.add_argument("--json", action="store_true", help="print the steps as JSON instead of text")
+    p.add_argument("--json", action="store_true", help="print the steps as JSON on stdout instead of text")
     return p
 
 

@@ -1,6 +1,8 @@
 """Small shared vocabulary of the model: sizes, protections, inheritance, behaviours, fault kinds.
 
-Owns: `parse_size` ("64MiB" -> bytes), the Mach protection bits (VM_PROT_READ/WRITE/EXECUTE) with
+Owns: `parse_size` ("64MiB" -> bytes; the one size grammar of every command: bytes or a number
+with B, K/KB/KiB, M/MB/MiB, G/GB/GiB, T/TB/TiB, P/PB/PiB, E/EB/EiB, all binary multiples),
+`parse_page_size` (a power of two from 512 to 1MiB), the Mach protection bits (VM_PROT_READ/WRITE/EXECUTE) with
 their "rwx" spelling, `Inherit` (VM_INHERIT_SHARE / COPY / NONE), `Behavior` (VM_BEHAVIOR_DEFAULT /
 RANDOM / SEQUENTIAL / RSEQNTL), the vmmap share-mode codes (vm_region.h SM_*), `FaultKind` and the
 `FaultEvent` record handed to the kernel's event sink.
@@ -35,7 +37,12 @@ VM_SUPER_CLUSTER_BYTES = 0x40000
 VM_DEFAULT_BEHIND = 256
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
+          "tib": 1 << 40, "p": 1 << 50, "pb": 1 << 50, "pib": 1 << 50, "e": 1 << 60, "eb": 1 << 60,
+          "eib": 1 << 60}
+#: the page sizes the model (and every command's --page-size) accepts: powers of two in this range
+PAGE_SIZE_MIN = 512
+PAGE_SIZE_MAX = 1 << 20
 
 
 def parse_size(value: int | str, what: str = "size") -> int:
@@ -51,6 +58,19 @@ def parse_size(value: int | str, what: str = "size") -> int:
             if n == int(n):
                 return int(n)
     raise InvalidArgument(f"{what} {value!r} is not a size (use bytes or e.g. '64MiB', '512KiB', '1GiB')")
+
+
+def parse_page_size(value: int | str, what: str = "page size") -> int:
+    """A page size from an int or a size string ("4096", "16KiB"): a power of two from 512 bytes
+    to 1MiB, the range the model's Kernel accepts; InvalidArgument naming the value otherwise."""
+    try:
+        n = parse_size(value, what)
+    except InvalidArgument:
+        n = None
+    if n is None or n < PAGE_SIZE_MIN or n > PAGE_SIZE_MAX or n & (n - 1):
+        raise InvalidArgument(f"{what} {value!r} is not a positive power of two from {PAGE_SIZE_MIN} "
+                              f"to 1MiB (e.g. 4096 or 16KiB)")
+    return n
 
 
 def format_size(n: int) -> str:

@@ -2,7 +2,7 @@
 
 Owns: the argument parsers, help texts and exit statuses of
 
-    vnodefs mount SOURCE MOUNTPOINT [--trace FILE | --no-trace] [--latency none|hdd|ssd|nvme|SEEK_US:MBPS]
+    vnodefs mount SOURCE MOUNTPOINT [--trace FILE [--force] | --no-trace] [--latency none|hdd|ssd|nvme|SEEK_US:MBPS]
                   [--layout auto|fiemap|synthetic]
                   [--cache page|direct] [--read-only] [--foreground]
     vnodefs umount MOUNTPOINT
@@ -12,6 +12,7 @@ Owns: the argument parsers, help texts and exit statuses of
                 [--no-drop-cache] SOURCE [mount options] -- COMMAND ...   (vnodefs.seeding)
     vnodefs demo [--size MiB] [--keep DIR] [--seed N]
     vnodefs trace TRACE [--json]          (alias: vnodefs summary)
+    vnodefs resident PATH... [--no-recurse] [--json]   (vnodefs.resident: page-cache residency)
 
 Exit statuses: 0 success; 2 bad input or a failed mount/unmount (one line on stderr, nothing left
 mounted); `run` exits with COMMAND's status (128+N for signal N, 127 if it cannot be started);
@@ -35,6 +36,22 @@ CACHE_HELP = ("page: the kernel page cache is on (libfuse auto_cache), so the tr
               "every access), but this kernel/libfuse refuse shared mmap (ENODEV): use page for that")
 
 
+def _mib_arg(s: str) -> float:
+    """A size in MiB: a bare number is MiB (as before); with a unit it is the size grammar of every
+    command (vmcore.types.parse_size: 512KiB, 1.5GiB, ...)."""
+    from vmcore.errors import InvalidArgument
+    from vmcore.types import parse_size
+
+    try:
+        v = float(s)
+    except ValueError:
+        try:
+            v = parse_size(s) / (1 << 20)
+        except InvalidArgument as e:
+            raise argparse.ArgumentTypeError(e.args[0]) from None
+    return v  # the range is the command's to check
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -44,6 +61,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", metavar="FILE", help="write the request trace to FILE (default: "
                    "./vnodefs-<name>-<time>.vtrace in the current directory)")
     p.add_argument("--no-trace", action="store_true", help="record nothing (for overhead measurements)")
+    p.add_argument("--force", action="store_true", help="overwrite the --trace FILE if it exists (without "
+                   "--force an existing trace is refused; a trace a live mount is writing is refused always; "
+                   "a default name never overwrites: it gets a -2, -3, ... suffix)")
     p.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
     p.add_argument("--layout", default="auto", choices=("auto", "fiemap", "synthetic"),
                    help="where the device model finds a file's bytes: fiemap (the host file's real "
@@ -66,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="vnodefs: a traced FUSE passthrough over a host directory (the vnode "
                 "pager of the Mach VM model): every read, write, truncate, fsync, open and release that "
                 "reaches it is recorded with pid, file, offset, length, duration and result.")
+    from vnodefs import __version__
+
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     m = sub.add_parser("mount", help="mount SOURCE on MOUNTPOINT (returns once the mount is ready)",
@@ -94,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "time blocked) on stderr, and exit with COMMAND's exit status.")
     r.add_argument("source", metavar="SOURCE")
     _add_mount_options(r)
-    r.add_argument("--json", metavar="FILE", help="also write the summary as JSON (keys include wall_s, "
+    r.add_argument("--json", metavar="FILE", help="also write the summary as JSON to FILE, or to stdout "
+                   "if FILE is - (the text summary is on stderr either way; keys include wall_s, "
                    "exit_status, requests, bytes_read, pages_read, major_faults, trace)")
     r.add_argument("--quiet", action="store_true", help="do not print the summary")
     g = r.add_argument_group("launch profiles (record a real program's launch, seed the next ones)")
@@ -118,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "least N of the merged launches (default 1)")
     g.add_argument("--window", type=float, default=None, metavar="S", help="launch window: record the pages read "
                    "in the first S seconds of the command (default: the whole run)")
-    g.add_argument("--prefetch-max", type=float, default=None, metavar="MiB", help="cap the prefetch (and the "
-                   "daemon's cache) at this many MiB (default: the whole profile)")
+    g.add_argument("--prefetch-max", type=_mib_arg, default=None, metavar="SIZE", help="cap the prefetch (and "
+                   "the daemon's cache) at SIZE: MiB, or with a unit as in 512KiB, 1GiB (default: the whole profile)")
     g.add_argument("--prefetch-gap", default="auto", metavar="PAGES", help="bridge holes of up to PAGES pages "
                    "between profiled pages (read through rather than seek over); auto (default) = the pages "
                    "the latency model transfers in one seek time (hdd 234, ssd 12, none 0)")
@@ -132,11 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "map a file and touch its pages (page mode if direct mode refuses shared mmap), "
                        "unmount, and print the locality summary of each phase. Cleans up everything "
                        "unless --keep is given.")
-    d.add_argument("--size", type=float, default=32, metavar="MiB", help="total data size (default 32)")
+    d.add_argument("--size", type=_mib_arg, default=32, metavar="SIZE", help="total data size: MiB, or with a "
+                   "unit as in 512KiB, 1GiB (default 32 MiB)")
     d.add_argument("--keep", metavar="DIR", help="keep the data and traces in DIR (created if missing)")
     d.add_argument("--seed", type=int, default=1, help="random seed of the data and access pattern (default 1)")
     d.add_argument("--latency", default="none", metavar="MODEL", help=LATENCY_HELP)
-    d.add_argument("--json", metavar="FILE", help="also write the per-phase summaries as JSON")
+    d.add_argument("--json", metavar="FILE", help="also write the per-phase summaries as JSON to FILE, or to "
+                   "stdout if FILE is - (the table then goes to stderr)")
 
     for name in ("trace", "summary"):
         t = sub.add_parser(name, help="print the summary of a trace file" + (" (alias of trace)" if name == "summary" else ""),
@@ -155,10 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     from vnodefs.export import add_export_parser
     from vnodefs.locality import add_locality_parser
+    from vnodefs.resident import add_resident_parser
 
     add_locality_parser(sub)
     add_export_parser(sub)
+    add_resident_parser(sub)
     return p
+
+
+def write_json(path: str, obj, indent: int = 2) -> None:
+    """`obj` as JSON to the file `path`, or to stdout when `path` is "-"."""
+    if path == "-":
+        json.dump(obj, sys.stdout, indent=indent)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=indent)
+        fh.write("\n")
 
 
 def _err(cmd: str, msg: str) -> int:
@@ -174,7 +215,16 @@ def _trace_arg(args, kind: str) -> tuple[str | None, str | None]:
             raise ValueError("--trace and --no-trace exclude each other")
         return None, None
     if args.trace:
-        return os.path.abspath(args.trace), None
+        from vnodefs.trace import in_use_message, trace_in_use
+
+        path = os.path.abspath(args.trace)
+        if trace_in_use(path):
+            raise ValueError(in_use_message(args.trace))
+        if os.path.isfile(path) and os.path.getsize(path) > 0 and not args.force:
+            raise ValueError(f"trace file {args.trace} exists; give --force to overwrite it, or another --trace")
+        return path, None
+    if args.force:
+        raise ValueError("--force needs --trace FILE (a default trace name never overwrites)")
     return default_trace_path(kind)
 
 
@@ -241,7 +291,7 @@ def cmd_run(args, command: list[str]) -> int:
         return _err("run", str(e))
     if note:
         print(f"vnodefs run: {note}", file=sys.stderr)
-    if args.json:
+    if args.json and args.json != "-":
         jdir = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(jdir) or not os.access(jdir, os.W_OK) or os.path.isdir(args.json):
             return _err("run", f"cannot write JSON file {args.json}")
@@ -270,9 +320,7 @@ def cmd_run(args, command: list[str]) -> int:
         if trace:
             print(f"  trace         {trace}", file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, summary)
     return status
 
 
@@ -298,9 +346,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
     if not args.quiet:
         print(format_report(summary), file=sys.stderr)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=2)
-            fh.write("\n")
+        write_json(args.json, summary)
     return status
 
 
@@ -349,7 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] == "run" and not command:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if extra[0].startswith("-"):
+                parser.parse_args(argv)  # an unknown option: argparse's own one-line error
+            return _err("run", f"unexpected arguments {' '.join(extra)!r}: put the command after --, "
+                        f"e.g. vnodefs run {args.source} -- {' '.join(extra)}")
+    else:
+        args = parser.parse_args(argv)
     if args.cmd is None:
         parser.print_help(sys.stderr)
         return 2
@@ -364,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, command)
         if args.cmd in ("trace", "summary"):
             return cmd_trace(args)
-        if args.cmd in ("locality", "export"):
+        if args.cmd in ("locality", "export", "resident"):
             return args.func(args)
         if args.cmd == "demo":
             return cmd_demo(args)

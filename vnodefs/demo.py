@@ -177,13 +177,15 @@ def run_demo(size_mib: float = 32, keep: str | None = None, seed: int = 1, laten
             s["cache_mode"] = tr.header["cache_mode"]
             s["wall_s"] = (b - a) / 1e9
             results[phase] = s
-        print(_table(results, size_mib, mmap_note))
+        out = sys.stderr if json_path == "-" else sys.stdout  # stdout holds only the JSON then
+        print(_table(results, size_mib, mmap_note), file=out)
         if keep is not None:
-            print(f"data and traces kept in {keep} (vnodefs trace {trace_direct})")
+            print(f"data and traces kept in {keep} (vnodefs trace {trace_direct})", file=out)
         if json_path:
-            with open(json_path, "w") as fh:
-                json.dump({"size_mib": size_mib, "seed": seed, "latency": latency, "phases": results,
-                           "mmap_note": mmap_note}, fh, indent=2)
+            from vnodefs.cli import write_json
+
+            write_json(json_path, {"size_mib": size_mib, "seed": seed, "latency": latency, "phases": results,
+                                   "mmap_note": mmap_note})
         _progress(f"done in {time.monotonic() - t_start:.1f} s; everything unmounted"
                   + ("" if keep else " and removed"))
         return 0

@@ -52,9 +52,11 @@ CHUNK = 200_000
 
 
 def _quote(field: str) -> str:
+    """One csv field, RFC 4180 quoted when it holds a comma, a double quote, CR or LF (a path may
+    hold any of them; csv quotes a line break only when it is in the writer's line terminator)."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="").writerow([field])
-    return buf.getvalue()
+    csv.writer(buf, lineterminator="\r\n").writerow([field])
+    return buf.getvalue()[:-2]
 
 
 def export(trace: Trace, out, fmt: str = "csv", ops=DEFAULT_OPS, page_size: int | None = None) -> int:

@@ -670,13 +670,13 @@ def _ops_arg(s: str) -> tuple[str, ...]:
 
 
 def _page_size_arg(s: str) -> int:
+    from vmcore.errors import InvalidArgument
+    from vmcore.types import parse_page_size
+
     try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"page size must be a positive integer, not {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"page size must be a positive integer, not {s!r}")
-    return v
+        return parse_page_size(s)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(e.args[0]) from None
 
 
 def _taus_arg(s: str) -> list[float]:
@@ -694,7 +694,8 @@ def add_common_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", type=_ops_arg, default=DEFAULT_OPS, metavar="OP[,OP...]",
                    help=f"which requests to analyse (default read,write; known: {', '.join(OPS)})")
     p.add_argument("--page-size", type=_page_size_arg, default=None, metavar="N",
-                   help="page size in bytes for the page split (default: the trace's page_size)")
+                   help="page size for the page split: a power of two from 512 to 1MiB, in bytes or e.g. "
+                   "16KiB, as vmcore replay --page-size (default: the trace's page_size)")
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -704,7 +705,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "within its own sub-trace); default: the top 5 of each")
     p.add_argument("--json", action="store_true", help="print every metric as JSON on stdout (units in "
                    "'units' and in each section)")
-    p.add_argument("--plot", metavar="FILE.png", help="also write one PNG: MRC, reuse-distance histogram, "
+    p.add_argument("--plot", metavar="FILE", help="also write one figure to FILE, PNG, SVG or PDF by its "
+                   "extension (.png, .svg, .pdf; none: PNG): MRC, reuse-distance histogram, "
                    "W(t, tau), seek-distance histogram, run lengths, offset over time per file")
     p.add_argument("--tau", type=_taus_arg, default=None, metavar="S[,S...]",
                    help="working-set window lengths in seconds (default: 1%%, 10%% and 50%% of the trace's span)")
@@ -746,6 +748,13 @@ def run_locality(args) -> int:
     import os
 
     if args.plot:
+        from vnodefs.plots import plot_format
+
+        try:
+            plot_format(args.plot)
+        except ValueError as e:
+            print(f"vnodefs locality: {e}", file=sys.stderr)
+            return 2
         d = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(d) or not os.access(d, os.W_OK) or os.path.isdir(args.plot):
             print(f"vnodefs locality: cannot write plot file {args.plot}", file=sys.stderr)

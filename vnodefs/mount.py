@@ -230,6 +230,10 @@ def validate(source: str, mountpoint: str, trace: str | None, latency: str | Non
             raise MountError(f"cannot write trace file {trace}: directory {tdir} does not exist")
         if os.path.realpath(tdir) == mnt or os.path.realpath(tdir).startswith(mnt + "/"):
             raise MountError(f"trace file {trace} must not lie inside the mount point")
+        from vnodefs.trace import in_use_message, trace_in_use
+
+        if trace_in_use(trace):
+            raise MountError(in_use_message(trace))
         existed = os.path.exists(trace)
         try:
             fd = os.open(trace, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -487,7 +491,7 @@ def serve(config: dict, ready=None) -> int:
     from vnodefs.fuseops import METADATA_TIMEOUT, FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
     from vnodefs.devqueue import Device
     from vnodefs.layout import LayoutError, choose
-    from vnodefs.trace import OPS, RECORD_SIZE, VERSION, TraceWriter
+    from vnodefs.trace import OPS, RECORD_SIZE, VERSION, TraceInUse, TraceWriter
 
     start_mono, start_unix = time.monotonic_ns(), time.time_ns()
     mnt = config["mountpoint"]
@@ -496,7 +500,11 @@ def serve(config: dict, ready=None) -> int:
                       xattr=bool(config.get("xattr")), latency=spec,
                       metadata_timeout=0.0 if config.get("strict_metadata") else METADATA_TIMEOUT)
     _keep_request_buffers()
-    writer = TraceWriter(config.get("trace"))
+    try:
+        writer = TraceWriter(config.get("trace"))
+    except (TraceInUse, OSError) as e:
+        print(f"vnodefs: mount failed: {e}", file=sys.stderr, flush=True)
+        return 1
     ops = (PassthroughXattr if fsconf.xattr else Passthrough)(fsconf, writer)
     if config.get("events"):
         from vnodefs.events import EventWriter

@@ -1,6 +1,7 @@
-"""PNG plots of a locality report (vnodefs.locality.analyze): one readable figure.
+"""Plots (PNG, SVG or PDF) of a locality report (vnodefs.locality.analyze): one readable figure.
 
-Owns: `plot_locality(report, trace, path, ...)`, called by `vnodefs locality --plot FILE.png`.
+Owns: `plot_locality(report, trace, path, ...)`, called by `vnodefs locality --plot FILE.png|.svg|.pdf`; `plot_format(path)`
+(the format a --plot path asks for, also used by vmcore experiment).
 Six panels, each with a title, axis labels and units: the LRU miss-ratio curve, the reuse (stack)
 distance histogram, Denning's working-set size W(t, tau), the signed seek-distance histogram,
 the run-length histogram, and every page access's file offset over request time, per file.
@@ -21,6 +22,19 @@ import os
 import numpy as np
 
 TOP_FILES = 8
+#: the formats a --plot FILE may have, by its extension (no extension: png)
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path: str) -> str:
+    """The image format of a plot file from its extension: png, svg or pdf (case-insensitive; no
+    extension: png). ValueError (one line naming the file) for any other extension."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if not ext:
+        return "png"
+    if ext not in PLOT_FORMATS:
+        raise ValueError(f"cannot write plot {path}: .{ext} is not a plot format (use .png, .svg or .pdf)")
+    return ext
 
 
 def _seek_bin_x(b: dict) -> float:
@@ -33,7 +47,8 @@ def _seek_bin_x(b: dict) -> float:
 
 def plot_locality(rep: dict, trace, path: str, ops=None, page_size: int | None = None,
                   max_points: int = 100_000, dpi: int = 110) -> str:
-    """Write the locality figure of `rep` (from analyze(trace, ...)) to `path` (PNG); returns it.
+    """Write the locality figure of `rep` (from analyze(trace, ...)) to `path` (PNG, SVG or PDF by
+    its extension: plot_format); returns it.
     `trace` supplies the per-access offsets for the scatter (the same ops / page size as rep)."""
     import matplotlib
 
@@ -168,6 +183,6 @@ def plot_locality(rep: dict, trace, path: str, ops=None, page_size: int | None =
     ax.grid(alpha=0.3)
 
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, format="png")
+    fig.savefig(path, format=plot_format(path))
     plt.close(fig)
     return path

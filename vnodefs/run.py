@@ -37,12 +37,16 @@ class CommandNotFound(MountError):
 
 
 def default_trace_path(kind: str = "run") -> tuple[str, str | None]:
-    """(path, note): ./vnodefs-<kind>-<time>.vtrace, or a $TMPDIR path with a note saying so."""
-    name = f"vnodefs-{kind}-{time.strftime('%Y%m%d-%H%M%S')}.vtrace"
-    if os.access(".", os.W_OK):
-        return os.path.abspath(name), None
-    path = os.path.join(tempfile.gettempdir(), name)
-    return path, f"the current directory is not writable; the trace goes to {path}"
+    """(path, note): ./vnodefs-<kind>-<time>.vtrace, or a $TMPDIR path with a note saying so; a name
+    that is taken (two traces in one second) gets a -2, -3, ... suffix, never overwriting a file."""
+    stem = f"vnodefs-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    here = os.access(".", os.W_OK)
+    d = os.getcwd() if here else tempfile.gettempdir()
+    path, n = os.path.join(d, stem + ".vtrace"), 1
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(d, f"{stem}-{n}.vtrace")
+    return path, (None if here else f"the current directory is not writable; the trace goes to {path}")
 
 
 def substitute(args: list[str], mnt: str) -> list[str]:

@@ -39,6 +39,7 @@ Caveats:
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
 import struct
@@ -139,6 +140,40 @@ def path_records(file_id: int, path: str) -> bytes:
     return b"".join(out)
 
 
+class TraceInUse(Exception):
+    """The trace file is locked by a live writer (another mount is writing it)."""
+
+
+def trace_in_use(path: str | os.PathLike) -> bool:
+    """True if a live TraceWriter (any process) holds `path` (its exclusive flock); False for a
+    missing file or one nobody writes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False
+
+
+def in_use_message(path: str) -> str:
+    """One line saying that `path` is being written, naming the writing daemon if its header says."""
+    pid = None
+    try:
+        pid = read_header(path)[0].get("daemon_pid")
+    except (OSError, ValueError):
+        pass
+    who = f" (daemon pid {pid})" if isinstance(pid, int) else ""
+    return (f"trace file {path} is in use: a live vnodefs mount{who} is writing it; unmount it first or "
+            f"choose another --trace")
+
+
 class TraceWriter:
     """Append-only trace writer, shared by every FUSE worker thread.
 
@@ -150,6 +185,10 @@ class TraceWriter:
     SIGTERM (via the daemon's clean exit). Nothing reaches the file before `start(header)` writes
     the header (the mount must be ready to know the readahead setting). `path=None` makes a writer
     that assigns file ids but stores nothing (tracing off).
+
+    The writer holds an exclusive flock on the file from open to close, and empties the file only
+    once it holds it: a second writer on the same file (another mount's `--trace`) gets TraceInUse
+    and the first writer's records stay intact.
     """
 
     def __init__(self, path: str | None, flush_interval: float = 0.2, capacity: int | None = None):
@@ -157,7 +196,14 @@ class TraceWriter:
         self.enabled = path is not None
         self._fd = -1
         if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise TraceInUse(in_use_message(path)) from None
+            os.ftruncate(fd, 0)
+            self._fd = fd
         self._q: collections.deque[bytes] = collections.deque()
         #: the request path's fast append: `append(pack(start, dur, delay, offset, length, result,
         #: pid, uid, file, op, flags, 0, dev_addr, dev_prev, seek_ns, rot_ns, xfer_ns, segments, 0))`
@@ -321,6 +367,44 @@ class Trace:
         out["page"] = first[idx] + within
         return out
 
+    @property
+    def start_ns(self) -> int:
+        """The trace's time origin (CLOCK_MONOTONIC ns): the header's `start_monotonic_ns` (the
+        mount's start), else the first record's start, else 0."""
+        t0 = self.header.get("start_monotonic_ns")
+        if isinstance(t0, int) and not isinstance(t0, bool):
+            return t0
+        return int(self.records["start_ns"].min()) if self.records.size else 0
+
+    def to_pandas(self):
+        """The request records as a pandas DataFrame (pandas is an optional dependency: pip install
+        pandas), one row a request in start-time order, with columns `t_s` (start, seconds since the
+        trace's start: `start_ns` above), `dur_s`, `delay_s`, `op` (its name: read, write, ...;
+        unknown codes by number), `path` (relative to the mount root; "" for file id 0 or an
+        unknown id), then the raw fields `file`, `pid` (0 = the kernel), `uid`, `offset`, `length`,
+        `result` (bytes or -errno), `flags`, `dev_addr`, `dev_prev`, `seek_ns`, `rot_ns`,
+        `xfer_ns`, `dev_segments`, `start_ns`, `dur_ns`, `delay_ns`."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Trace.to_pandas() needs pandas, an optional dependency: pip install pandas "
+                              "(or pip install 'machvm-lab[pandas]')") from None
+        r = self.records
+        t0 = self.start_ns
+        files = self.files
+        paths = np.array([files.get(int(f), "") for f in r["file"].tolist()], dtype=object)
+        cols = {
+            "t_s": (r["start_ns"] - t0) / 1e9,
+            "dur_s": r["dur_ns"] / 1e9,
+            "delay_s": r["delay_ns"] / 1e9,
+            "op": pd.Categorical(self.op_names()),
+            "path": paths,
+        }
+        for name in ("file", "pid", "uid", "offset", "length", "result", "flags") + DEVICE_FIELDS + \
+                ("start_ns", "dur_ns", "delay_ns"):
+            cols[name] = r[name]
+        return pd.DataFrame(cols)
+
     def op_names(self) -> np.ndarray:
         """The op name of every record (a numpy str array), for display."""
         names = np.array(["?"] + [OP_NAMES.get(i, str(i)) for i in range(1, 256)], dtype=object)
@@ -353,8 +437,10 @@ def read_header(path: str) -> tuple[dict, int]:
 
 
 def load(path: str | os.PathLike) -> Trace:
-    """Load a trace file. Raises FileNotFoundError / ValueError (one line naming the file) for a
-    missing file or one that is not a vnodefs trace; warns (and drops it) for a partial last record."""
+    """Load a trace file: a `Trace` (records in start-time order, the file table, the header).
+    Raises FileNotFoundError / ValueError (one line naming the file) for a missing file, one that is
+    not a vnodefs trace, or a damaged one (`check_records`: the line names the first bad record);
+    warns (and drops it) for a partial last record."""
     path = os.fspath(path)
     header, start = read_header(path)
     with open(path, "rb") as fh:
@@ -372,6 +458,7 @@ def load(path: str | os.PathLike) -> Trace:
         raw = upgrade_v1(np.fromfile(path, dtype=RECORD_DTYPE_V1, count=nrec, offset=start))
         header = dict(header)
         header.setdefault("layout", {"kind": "none", "note": "version-1 trace: no device addresses"})
+    check_records(raw, path, start, rsize, version, header)
     is_path = raw["op"] == OP_PATH
     files = _file_table(raw[is_path].view(PATH_DTYPE))
     recs = raw[~is_path]
@@ -379,6 +466,91 @@ def load(path: str | os.PathLike) -> Trace:
     recs = recs[order]
     return Trace(records=recs, files=files, header=header, path=path, truncated=truncated,
                  page_size=int(header.get("page_size", 4096)))
+
+
+#: bounds of a plausible record (the format's MUST rules plus what the kernel can send): pid_max's
+#: ceiling (PID_MAX_LIMIT), the largest FUSE read/write, the largest -errno, the longest path
+PID_LIMIT = 1 << 22
+MAX_RW_LENGTH = 1 << 32
+MAX_ERRNO = 4095
+MAX_PATH_LEN = 1 << 16
+KNOWN_FLAGS = 0x1F
+#: how far before the header's start_monotonic_ns / after it a record may start (ns)
+_BEFORE_START_NS = 86_400 * 10**9
+_AFTER_START_NS = 366 * 86_400 * 10**9
+
+
+def check_records(raw: np.ndarray, path: str, start: int, rsize: int, version: int,
+                  header: dict | None = None) -> None:
+    """ValueError naming the first damaged record of `raw` (file order, RECORD_DTYPE layout; a
+    version-1 trace already upgraded) and what is wrong with it, or None. The one validation every
+    reader gets (load calls it): reserved fields and bits that MUST be 0 are 0; times, offsets,
+    lengths and pids are non-negative; a read, write or prefetch moved no more than it asked for and
+    asked for no more than FUSE can; a result is a byte count or -errno; file-table chunks are
+    consistent. Records with an op code unknown to this version are checked only for the rules that
+    hold for every record, and kept."""
+    if raw.size == 0:
+        return
+    op = raw["op"]
+    is_path = op == OP_PATH
+    req = ~is_path
+    rw = np.isin(op, np.array([OPS["read"], OPS["write"], OPS["prefetch"]], dtype=np.uint8))
+    known = np.isin(op, np.array(list(OPS.values()), dtype=np.uint8))
+    checks: list[tuple[np.ndarray, str]] = [
+        (req & (raw["reserved"] != 0), "a non-zero reserved field (bytes 62-63)"),
+        (req & ((raw["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0), "reserved flag bits set"),
+        (req & (raw["start_ns"] < 0), "a negative start time"),
+        (req & (raw["dur_ns"] < 0), "a negative duration"),
+        (req & (raw["delay_ns"] < 0), "a negative modelled delay"),
+        (req & (raw["offset"] < 0), "a negative offset"),
+        (req & (raw["length"] < 0), "a negative length"),
+        (req & ((raw["pid"] < 0) | (raw["pid"] > PID_LIMIT)), "an impossible pid"),
+        (req & (raw["result"] < -MAX_ERRNO), "a result that is neither a byte count nor -errno"),
+        (rw & (raw["length"] > MAX_RW_LENGTH), "a read/write length larger than FUSE sends"),
+        (rw & (raw["result"] > raw["length"]), "more bytes transferred than requested"),
+        (known & ~rw & (raw["result"] > MAX_RW_LENGTH), "a result that is neither a byte count nor -errno"),
+    ]
+    if version >= 2:
+        checks += [
+            (req & (raw["reserved2"] != 0), "a non-zero reserved field (bytes 94-95)"),
+            (req & ((raw["dev_addr"] < -1) | (raw["dev_prev"] < -1)), "a device address below -1"),
+        ]
+    t0 = header.get("start_monotonic_ns") if isinstance(header, dict) else None
+    if isinstance(t0, int) and not isinstance(t0, bool) and t0 > 0:
+        checks.append((req & ((raw["start_ns"] < t0 - _BEFORE_START_NS) | (raw["start_ns"] > t0 + _AFTER_START_NS)),
+                       "a start time far outside the trace's (header start_monotonic_ns)"))
+    if is_path.any():
+        pv = raw.view(_path_dtype(RECORD_SIZE))
+        bytes_ = raw.view(np.uint8).reshape(raw.size, RECORD_SIZE)
+        bad_chunk = np.zeros(raw.size, bool)
+        plen = pv["path_len"].astype(np.int64)
+        chunk = pv["chunk"].astype(np.int64)
+        bad_chunk[is_path] = ((chunk * PATH_CHUNK >= np.maximum(plen, 1)) | (plen > MAX_PATH_LEN))[is_path]
+        checks += [
+            (is_path & ((pv["flags"] != 0) | (pv["reserved"] != 0)), "a file-table chunk with non-zero flags"),
+            (is_path & (pv["file"] == 0), "a file-table chunk for file id 0"),
+            (bad_chunk, "a file-table chunk whose index or path length is impossible"),
+        ]
+        if version >= 2:
+            pad = bytes_[:, RECORD_SIZE_V1:].any(axis=1)
+            checks.append((is_path & pad, "a file-table chunk with non-zero padding (bytes 64-95)"))
+    first, why = raw.size, []
+    for mask, reason in checks:
+        hit = np.flatnonzero(mask)
+        if hit.size:
+            i = int(hit[0])
+            if i < first:
+                first, why = i, [reason]
+            elif i == first and reason not in why:
+                why.append(reason)
+    if first == raw.size:
+        return
+    nbad = int(np.logical_or.reduce([m for m, _ in checks]).sum())
+    code = int(op[first])
+    name = "file-table chunk" if code == OP_PATH else f"{OP_NAMES.get(code, f'op {code}')} record"
+    more = f"; {nbad} damaged records in all" if nbad > 1 else ""
+    raise ValueError(f"{path}: damaged vnodefs trace: record {first} (byte {start + first * rsize}, a {name}) "
+                     f"has {' and '.join(why)}{more}")
 
 
 def upgrade_v1(raw: np.ndarray) -> np.ndarray:

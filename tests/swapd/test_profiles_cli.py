@@ -60,11 +60,47 @@ def test_list_text_and_json(var):
 
 
 def test_list_of_an_empty_or_missing_tree(tmp_path):
-    r = cli("list", "--var", str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    r = cli("list", "--var", str(tmp_path / "empty"))
     assert r.returncode == 0 and "no profiles" in r.stdout
-    assert not (tmp_path / "nothing").exists()
-    r = cli("list", "--json", "--var", str(tmp_path / "nothing"))
+    assert os.listdir(tmp_path / "empty") == []
+    r = cli("list", "--json", "--var", str(tmp_path / "empty"))
     assert json.loads(r.stdout)["profiles"] == []
+    # a missing VAR directory is an error (a mistyped --var), not "no profiles"
+    r = cli("list", "--var", str(tmp_path / "nothing"))
+    assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_var_that_is_a_file_is_one_clear_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "v" / "vm").mkdir(parents=True)
+    (tmp_path / "v" / "vm" / "app_profile").write_text("not a tree")
+    for argv, needle in ((["list", "--var", str(tmp_path / "f")], "is not a directory"),
+                         (["show", "app", "--var", str(tmp_path / "f")], "is not a directory"),
+                         (["list", "--var", str(tmp_path / "v")], "app_profile")):
+        r = cli(*argv)
+        assert r.returncode == 1 and r.stdout == "", (argv, r.stdout)
+        assert r.stderr.count("\n") == 1 and needle in r.stderr and "Errno" not in r.stderr, r.stderr
+
+
+def test_list_shows_payload_damage_and_quarantined_files(var):
+    d = var / "vm" / "app_profile" / "501"
+    path = d / "app.aprof"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # the payload, not the header: same size, bad checksum
+    path.write_bytes(bytes(data))
+    (d / "old.aprof.corrupt-20260101T000000Z").write_bytes(b"junk")
+    before = sorted(os.listdir(d))
+    r = cli("list", "--var", str(var))
+    assert r.returncode == 0, r.stderr
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
+    assert "DAMAGED" in rows["app"] and "DAMAGED" not in rows["tool"]
+    assert "QUARANTINED" in rows["old"] and "20260101T000000Z" in rows["old"]
+    d2 = json.loads(cli("list", "--json", "--var", str(var)).stdout)
+    states = {p["app"]: p["state"] for p in d2["profiles"]}
+    assert states == {"app": "damaged", "tool": "ok", "old": "quarantined"}
+    assert sorted(os.listdir(d)) == before  # list never changes the tree
 
 
 def test_show_text_and_json(var):

@@ -135,3 +135,28 @@ def test_libcachesim_itself_reproduces_the_mrc(tmp_path):
         reader = lcs.TraceReader(str(path), lcs.TraceType.CSV_TRACE, param)
         miss_ratio, _ = lcs.LRU(c * P).process_trace(reader)
         assert round(miss_ratio * n) == mrc_at(rep, c), c
+
+
+def test_csv_quotes_a_path_holding_line_breaks(tmp_path):
+    """A path with a newline or a carriage return is one quoted field: every row has six fields and
+    reading the file back (csv module, as pandas' reader does) gives the paths exactly."""
+    nl = "/line\nbreak"
+    cr = "/carriage\rreturn,x"
+    w = TraceWriter(str(tmp_path / "n.vtrace"), flush_interval=0)
+    w.start({"cache_mode": "direct", "page_size": P, "latency": {"model": "none"}})
+    for i, f in enumerate((nl, cr, "/plain", nl)):
+        w.record(10**9 + i, 5, 0, i * P, P, P, 1, 0, w.file_id(f), OPS["read"])
+    w.close()
+    out = tmp_path / "n.csv"
+    p = subprocess.run([sys.executable, "-m", "vnodefs.export", str(tmp_path / "n.vtrace"), "--format", "csv",
+                        "-o", str(out)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    import csv
+
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["t_ns", "pid", "op", "file", "path", "page"]
+    assert [len(r) for r in rows] == [6] * 5
+    assert [r[4] for r in rows[1:]] == [nl[1:], cr[1:], "plain", nl[1:]]
+    back, files = read_csv(str(out))
+    assert back.size == 4 and sorted(files.values()) == sorted({nl[1:], cr[1:], "plain"})
