@@ -878,8 +878,9 @@ class VnodeFUSE(mfusepy.FUSE):
 
     def copy_file_range(self, path_in, fip_in, off_in, path_out, fip_out, off_out, length, flags):
         """A copy done by the host between two open files: traced as a read of the source range
-        and a write of the destination range (flag FLAG_COPY on both, result = bytes copied or
-        -errno), and charged to the device model as that read followed by that write."""
+        and a write of the destination range (flag FLAG_COPY on both, length = result = bytes
+        copied, or length 0 and result -errno), and charged to the device model as that read
+        followed by that write."""
         dec = self.encoding, self.errors
         fd_in, fd_out = fip_in.contents.fh, fip_out.contents.fh
         fid_in, fid_out = self.fid_of_fd.get(fd_in, 0), self.fid_of_fd.get(fd_out, 0)
@@ -913,9 +914,10 @@ class VnodeFUSE(mfusepy.FUSE):
         if self._tracing:
             ctx = _tls.ctx
             t1 = _mono()
+            done = max(result, 0)  # the bytes the copy read and wrote (callers ask for up to 2^63)
             for (op, fid, offset), (sv, delay, fl) in zip(((_READ, fid_in, off_in), (_WRITE, fid_out, off_out)),
                                                           halves):
-                self._append(self._pack(t0, t1 - t0, delay, offset, length, result, ctx.pid, ctx.uid, fid, op,
+                self._append(self._pack(t0, t1 - t0, delay, offset, done, result, ctx.pid, ctx.uid, fid, op,
                                         fl | FLAG_COPY, 0, sv.dev_addr, sv.dev_prev, sv.seek_ns, sv.rot_ns,
                                         sv.xfer_ns, sv.segments, 0))
         return result

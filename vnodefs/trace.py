@@ -474,7 +474,10 @@ PID_LIMIT = 1 << 22
 MAX_RW_LENGTH = 1 << 32
 MAX_ERRNO = 4095
 MAX_PATH_LEN = 1 << 16
-KNOWN_FLAGS = 0x1F
+KNOWN_FLAGS = 0x3F
+#: the fallocate(2) mode bits a `fallocate` record's flags may hold (linux/falloc.h: KEEP_SIZE ..
+#: UNSHARE_RANGE)
+FALLOC_MODES = 0x7F
 #: how far before the header's start_monotonic_ns / after it a record may start (ns)
 _BEFORE_START_NS = 86_400 * 10**9
 _AFTER_START_NS = 366 * 86_400 * 10**9
@@ -498,7 +501,9 @@ def check_records(raw: np.ndarray, path: str, start: int, rsize: int, version: i
     known = np.isin(op, np.array(list(OPS.values()), dtype=np.uint8))
     checks: list[tuple[np.ndarray, str]] = [
         (req & (raw["reserved"] != 0), "a non-zero reserved field (bytes 62-63)"),
-        (req & ((raw["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0), "reserved flag bits set"),
+        (req & (op != OPS["fallocate"]) & ((raw["flags"] & ~np.uint8(KNOWN_FLAGS)) != 0), "reserved flag bits set"),
+        (req & (op == OPS["fallocate"]) & ((raw["flags"] & ~np.uint8(FALLOC_MODES)) != 0),
+         "a fallocate mode no kernel defines"),
         (req & (raw["start_ns"] < 0), "a negative start time"),
         (req & (raw["dur_ns"] < 0), "a negative duration"),
         (req & (raw["delay_ns"] < 0), "a negative modelled delay"),
