@@ -75,6 +75,10 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "names and attributes: every lookup and getattr reaches vnodefs, and a change made "
                    "in SOURCE behind the mount is seen at once (by default the kernel answers them "
                    "from its cache for up to 1 s; changes made through the mount are always seen at once)")
+    p.add_argument("--trace-metadata", action="store_true", help="also record the metadata requests that "
+                   "reach vnodefs (getattr: lookups and stats; readdir, opendir, readlink), to study a "
+                   "launch's metadata I/O; with the kernel's caches on only their misses arrive (add "
+                   "--strict-metadata for all of them)")
     p.add_argument("--allow-other", action="store_true", help="let every user use the mount (FUSE allow_other; "
                    "needs root or user_allow_other in /etc/fuse.conf): the host's modes decide what each "
                    "may do, and what a caller creates is the caller's, as on the host")
@@ -243,7 +247,7 @@ def cmd_mount(args) -> int:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
                       "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
                       "xattr": args.xattr, "layout": args.layout, "allow_other": args.allow_other,
-                      "strict_metadata": args.strict_metadata}
+                      "strict_metadata": args.strict_metadata, "trace_metadata": args.trace_metadata}
             if args.allow_other:
                 check_allow_other()
 
@@ -254,7 +258,7 @@ def cmd_mount(args) -> int:
             return serve(config, ready=ready)
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
                   read_only=args.read_only, xattr=args.xattr, layout=args.layout, allow_other=args.allow_other,
-                  strict_metadata=args.strict_metadata)
+                  strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
@@ -306,7 +310,8 @@ def cmd_run(args, command: list[str]) -> int:
     try:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
                                       read_only=args.read_only, xattr=args.xattr, layout=args.layout,
-                                      allow_other=args.allow_other, strict_metadata=args.strict_metadata)
+                                      allow_other=args.allow_other, strict_metadata=args.strict_metadata,
+                                      trace_metadata=args.trace_metadata)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127
@@ -334,7 +339,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
                                      strategy=args.prefetch or DEFAULT_STRATEGY, record=args.record, window=args.window,
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
                                      read_only=args.read_only, xattr=args.xattr, allow_other=args.allow_other,
-                                     strict_metadata=args.strict_metadata,
+                                     strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
                                      drop_cache=not args.no_drop_cache, layout=args.layout,
                                      log=lambda m: print(m, file=sys.stderr, flush=True))

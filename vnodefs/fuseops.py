@@ -653,7 +653,11 @@ _TRACED = {
     "ftruncate": OPS["truncate"], "fsync": OPS["fsync"], "open": OPS["open"], "create": OPS["create"],
     "release": OPS["release"], "flush": OPS["flush"], "fallocate": OPS["fallocate"],
 }
+#: metadata requests traced with trace_metadata: mfusepy method -> op code
+_TRACED_META = {"getattr_fuse_3": OPS["getattr"], "readdir_fuse_3": OPS["readdir"], "opendir": OPS["opendir"],
+                "readlink": OPS["readlink"]}
 _READ, _WRITE = OPS["read"], OPS["write"]
+_FIRST_META = min(_TRACED_META.values())
 _OPEN, _CREATE, _TRUNC, _FALLOC = OPS["open"], OPS["create"], OPS["truncate"], OPS["fallocate"]
 
 
@@ -723,7 +727,7 @@ class VnodeFUSE(mfusepy.FUSE):
     system until it is unmounted."""
 
     def __init__(self, operations: Passthrough, mountpoint: str, device=None, layout=None, pcache=None,
-                 **kwargs):
+                 trace_metadata: bool = False, **kwargs):
         self.trace = operations.trace
         self.device = device
         self.layout = layout
@@ -734,13 +738,15 @@ class VnodeFUSE(mfusepy.FUSE):
         self._tracing = self.trace.enabled
         self._plain = not self._tracing and device is None and pcache is None  # nothing to do: just call
         self._append, self._pack = self.trace.append, self.trace.pack
+        #: mfusepy method -> op code of the requests this dispatcher records
+        self._traced_ops = {**_TRACED, **_TRACED_META} if trace_metadata and self._tracing else _TRACED
         super().__init__(operations, mountpoint, raw_fi=True, **kwargs)
 
     # -- the dispatcher: every libfuse callback passes through here ------------------------------
     def _wrapper(self, func, *args, **kwargs):
         if not _tls.__dict__:
             _pin_thread_state()
-        op = _TRACED.get(func.__name__)
+        op = self._traced_ops.get(func.__name__)
         try:
             if op is None:
                 try:
@@ -756,6 +762,8 @@ class VnodeFUSE(mfusepy.FUSE):
                     return -errno.EIO
             if (op == _READ or op == _WRITE) and not self._plain:
                 return self._traced_rw(op, *args)
+            if op >= _FIRST_META:
+                return self._traced_meta(op, func, args)
             return self._traced(op, func, args)
         except BaseException as e:  # SystemExit/KeyboardInterrupt inside a callback: stop the mount
             self._FUSE__critical_exception = e
@@ -858,6 +866,23 @@ class VnodeFUSE(mfusepy.FUSE):
         if self._tracing:
             self._append(self._pack(t0, _mono() - t0, delay, offset, length, result, pid, uid, fid, op, flags, 0,
                                     -1, -1, 0, 0, 0, 0, 0))
+        return result
+
+    def _traced_meta(self, op, func, args):
+        """A metadata request (trace_metadata): one record naming the path asked about (file id 0
+        for a handle's request), result 0 or -errno; nothing else is charged."""
+        ctx = _tls.ctx
+        t0 = _mono()
+        try:
+            result = func(*args) or 0
+        except OSError as e:
+            result = _neg_errno(e)
+        except Exception:
+            log.exception("vnodefs: %s raised; returning EIO", func.__name__)
+            result = -errno.EIO
+        fid = self.trace.file_id(args[0].decode(self.encoding, self.errors)) if args[0] is not None else 0
+        self._append(self._pack(t0, _mono() - t0, 0, 0, 0, result, ctx.pid, ctx.uid, fid, op, 0, 0,
+                                -1, -1, 0, 0, 0, 0, 0))
         return result
 
     # -- zero-copy data path -------------------------------------------------------------------

@@ -275,12 +275,14 @@ class Mount:
 def mount(source: str, mountpoint: str, trace: str | None = None, latency: str | None = "none",
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
           extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
-          strict_metadata: bool = False) -> Mount:
+          strict_metadata: bool = False, trace_metadata: bool = False) -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
     `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
     from (vnodefs.layout); `allow_other` lets every user use the mount (the host's modes decide
     what each may do); `strict_metadata` turns the kernel's name and attribute caches off (every
-    lookup and getattr reaches vnodefs; changes made in SOURCE behind the mount are seen at once). Raises MountError (one line); on failure nothing stays mounted."""
+    lookup and getattr reaches vnodefs; changes made in SOURCE behind the mount are seen at once);
+    `trace_metadata` also records the metadata requests that reach vnodefs (getattr, readdir,
+    opendir, readlink). Raises MountError (one line); on failure nothing stays mounted."""
     validate(source, mountpoint, trace, latency, cache, layout)
     if allow_other:
         check_allow_other()
@@ -289,7 +291,7 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
               "trace": os.path.abspath(trace) if trace else None, "cache": cache,
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
               "layout": layout, "allow_other": bool(allow_other), "strict_metadata": bool(strict_metadata),
-              **(extra or {})}
+              "trace_metadata": bool(trace_metadata), **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -430,7 +432,7 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
             extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
-            strict_metadata: bool = False):
+            strict_metadata: bool = False, trace_metadata: bool = False):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -441,7 +443,7 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
                   xattr=xattr, extra=extra, layout=layout, allow_other=allow_other,
-                  strict_metadata=strict_metadata)
+                  strict_metadata=strict_metadata, trace_metadata=trace_metadata)
         try:
             yield m
         finally:
@@ -553,7 +555,7 @@ def serve(config: dict, ready=None) -> int:
         "libfuse": f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}",
         "writeback_cache": False, "passthrough": False, "direct_io_allow_mmap": False,
         "read_only": fsconf.read_only, "xattr": fsconf.xattr, "ops": OPS,
-        "metadata_timeout_s": fsconf.metadata_timeout, "allow_other": bool(config.get("allow_other")),
+        "metadata_timeout_s": fsconf.metadata_timeout, "trace_metadata": bool(config.get("trace_metadata")), "allow_other": bool(config.get("allow_other")),
         "file_events": ops.events is not None,
     }
     stop = threading.Event()
@@ -608,7 +610,8 @@ def serve(config: dict, ready=None) -> int:
     os.umask(0)
     status = 0
     try:
-        VnodeFUSE(ops, mnt, device=device, layout=layout, pcache=pcache, **options)
+        VnodeFUSE(ops, mnt, device=device, layout=layout, pcache=pcache,
+                  trace_metadata=bool(config.get("trace_metadata")), **options)
     except RuntimeError as e:
         if header.get("bdi") is not None:  # it was mounted: libfuse reports a signal-ended loop as 8
             print(f"vnodefs: stopped by a signal (libfuse status {e}); unmounted, trace flushed",

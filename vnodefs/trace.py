@@ -71,6 +71,12 @@ OPS: dict[str, int] = {
     "flush": 8,
     "fallocate": 9,
     "prefetch": 10,  # one extent read by the daemon's prefetcher (vnodefs.prefetch)
+    # metadata requests, recorded only by a mount with trace_metadata (`--trace-metadata`); with the
+    # kernel's name and attribute caches on, only those it could not answer itself reach vnodefs
+    "getattr": 11,  # a lookup or stat (libfuse's high-level API serves LOOKUP through getattr)
+    "readdir": 12,
+    "opendir": 13,
+    "readlink": 14,
 }
 #: code -> name
 OP_NAMES: dict[int, str] = {v: k for k, v in OPS.items()}

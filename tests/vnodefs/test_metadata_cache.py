@@ -107,3 +107,42 @@ def test_changes_behind_the_mount_within_the_bound(vmount, tmp_path, strict):
         assert t is not None and (not strict or t < 0.05)
     finally:
         umount(m.mountpoint)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_trace_metadata_records_the_lookups_that_reach_vnodefs(tmp_path, strict):
+    """A metadata-traced mount records each getattr (lookups included, failed ones as -ENOENT),
+    readdir, opendir and readlink that reached it; with the caches on, a repeated lookup is not
+    among them, with strict_metadata every one is. A default mount records none."""
+    import errno
+
+    from vnodefs.mount import mount, umount
+    from vnodefs.trace import OPS
+
+    src, mnt, tr = tmp_path / "s", tmp_path / "m", str(tmp_path / "t.vtrace")
+    src.mkdir()
+    mnt.mkdir()
+    _write(os.path.join(src, "f"), "x")
+    os.symlink("f", os.path.join(src, "l"))
+    m = mount(str(src), str(mnt), trace=tr, strict_metadata=strict, trace_metadata=True)
+    try:
+        for _ in range(3):
+            os.stat(os.path.join(m.mountpoint, "f"))
+            assert not os.path.exists(os.path.join(m.mountpoint, "nope"))
+        assert sorted(os.listdir(m.mountpoint)) == ["f", "l"]
+        assert os.readlink(os.path.join(m.mountpoint, "l")) == "f"
+    finally:
+        umount(m.mountpoint)
+    t = load(tr)
+    r = t.records
+    assert t.header["trace_metadata"] is True
+    ga = r[r["op"] == OPS["getattr"]]
+    names = [t.files.get(int(f), "") for f in ga["file"]]
+    missing = [int(x) for x, n in zip(ga["result"], names) if n == "nope"]
+    assert missing and set(missing) == {-errno.ENOENT}
+    assert len(missing) == (3 if strict else 1)
+    assert names.count("f") >= (3 if strict else 1) and (strict or names.count("f") < 3)
+    assert (r["op"] == OPS["readdir"]).sum() >= 1 and (r["op"] == OPS["opendir"]).sum() >= 1
+    assert (r["op"] == OPS["readlink"]).sum() >= 1
+    nope = [int(p) for p, n in zip(ga["pid"], names) if n == "nope"]
+    assert set(nope) == {os.getpid()}  # who asked (the daemon's own readiness probe also stats)
