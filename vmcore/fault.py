@@ -14,7 +14,7 @@ Kinds (each counted, seed 001 "Paging Virtual Memory In", xnu.md 4.3):
   soft       the page is resident in some object of the chain: map it (an inactive page is
              reactivated, "Pages reactivated"); the first touch of a page that came in by
              clustering counts as a pagein
-  hard       the pager had the page: "Pageins"
+  hard       the pager had the page: "Pageins"; the page goes on the active queue (seed 001)
   zero fill  no object in the chain has it: a zero page in the top object ("Pages zero filled")
   cow        a write found the page in a backing object: copy it up ("Pages copy-on-write")
 Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or the pager says
@@ -424,6 +424,7 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
     """Ask obj's pager for page p (and a cluster around it). Returns the frame or None (ABSENT)."""
     lo, hi = _cluster(k, task, oe, obj, p, lo_lim, hi_lim)
     stats = k.stats
+    pm = k.pm
     upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift, UPL_RET_ONLY_ABSENT,
               _grab_exempt=True)
     try:
@@ -441,6 +442,10 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
             fr = upl.frame_at(i)
             if i == me:
                 upl.commit_range(i << k.page_shift, k.page_size)
+                # seed 001 "Paging Virtual Memory In": the hard-faulted page goes on the active
+                # list (the commit saw its reference bit clear and left it inactive)
+                if not pm.wc_mv[fr]:
+                    pm.activate(fr)
                 f = fr
             else:
                 upl.commit_range(i << k.page_shift, k.page_size, _speculative=True)
