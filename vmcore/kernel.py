@@ -7,7 +7,7 @@ Owns: `Kernel`, the glue every mechanism shares:
   * the pmap layer: `pmap_enter`, `pmap_disconnect` (remove every translation of a frame),
     `pmap_remove_range`, `pmap_write_protect`, with the pv lists in PhysicalMemory;
   * wiring of frames, the replacement-policy hooks, object creation and collapse entry points;
-  * `task_create`, `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
+  * `task_create` (64-bit tasks, or 32-bit ones with is64=False), `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
     `format_vm_stat`, `pageout` (a forced scan), `close`;
   * hooks for issue 7's modules: `shared_regions` (the system set new tasks map,
     vmcore.shared_region) and `shared_region_sets`; `kmem` (kernel_map / kernel_object, made by
@@ -56,7 +56,15 @@ MACH_MIN_MARGIN_PAGES = 32
 REF_MIN_PAGES = 2
 
 USER_MIN_ADDRESS = 0x1000
+#: the end of a 64-bit task's map. Seed 001 gives a 64-bit process "approximately 18 exabytes"
+#: (2^64 bytes, the architectural limit); XNU's user limit is lower and depends on the
+#: architecture (2^47 on x86_64), and the model keeps 2^47: a larger map gains nothing a model
+#: run can use and keeps every address an int64 of the vectorised access path
 USER_MAX_ADDRESS = 1 << 47
+#: the end of a 32-bit task's map: seed 001, "For 32-bit processes, each process has an address
+#: space that can grow dynamically up to a limit of four gigabytes" (XNU's VM_MAX_ADDRESS keeps
+#: the last page back; the model follows the seed)
+USER32_MAX_ADDRESS = 1 << 32
 
 
 class Kernel:
@@ -366,15 +374,20 @@ class Kernel:
         e.needs_copy = False
 
     # ---- tasks and handles ------------------------------------------------------------------------
-    def task_create(self, name: str = "task", **kwargs):
-        """A new task with an empty address space."""
+    def task_create(self, name: str = "task", is64: bool = True, **kwargs):
+        """A new task with an empty address space: a 64-bit one (is64=True), or a 32-bit one
+        whose map ends at 4 GiB (USER32_MAX_ADDRESS)."""
         from vmcore.task import Task
 
         if self.closed:
             raise InvalidArgument("kernel is closed")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"task name {name!r} must be a non-empty string")
-        t = (self.task_class or Task)(self, name)
+        if not isinstance(is64, bool):
+            raise InvalidArgument(f"is64 {is64!r} must be True (a 64-bit task) or False (32-bit)")
+        if kwargs:
+            raise InvalidArgument(f"task_create got unknown arguments: {', '.join(sorted(kwargs))}")
+        t = (self.task_class or Task)(self, name, is64=is64)
         if self.shared_regions is not None:
             self.shared_regions.attach(t)
         if self.wired_acct is not None:

@@ -358,8 +358,8 @@ class FileSystem:
 class FileTask(Task):
     """The lab Kernel's task: Task + file mappings, msync, launch profiles' seeding and score."""
 
-    def __init__(self, kernel, name: str):
-        super().__init__(kernel, name)
+    def __init__(self, kernel, name: str, is64: bool = True):
+        super().__init__(kernel, name, is64=is64)
         self.executable: str | None = None
         self.identity = None
         self.uid: int | None = None

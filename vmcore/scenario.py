@@ -7,8 +7,9 @@ step: what happened, a vmmap-style region listing per task and the vm_stat delta
 `run_scenario_command(args)` for `vmcore scenario NAME [--step] [--json]` / `vmcore scenario
 --list`, and `main(argv)` for `python -m vmcore.scenario ...`.
 
-Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure (see
-`--list`). Each builds its own small kernel, so runs are deterministic (ManualClock, no real I/O).
+Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure,
+address-space-32 (see `--list`). Each builds its own small kernel, so runs are deterministic
+(ManualClock, no real I/O).
 
 Region listing (xnu.md 8.2, vmmap 2.4 columns):
   REGION TYPE    START-END  [ VSIZE  RSDNT  DIRTY   SWAP] PRT/MAX SHRMOD DETAIL
@@ -409,6 +410,51 @@ def wired_pressure(n: Narrator) -> None:
     k.close()
 
 
+def address_space_32(n: Narrator) -> None:
+    from vmcore.errors import NoSpace
+    from vmcore.kernel import Kernel
+
+    gib = 1 << 30
+    k = Kernel(memory="1MiB")
+    n.start(k)
+    t = k.task_create("app32", is64=False)
+    n.step("a 32-bit task",
+           "task_create(is64=False): the task's map ends at 4 GiB (seed 001: a 32-bit process's\n"
+           "address space \"can grow dynamically up to a limit of four gigabytes\").", [t],
+           {"map": f"{t.map.min_address:#x}-{t.map.max_address:#x}"})
+    regions = [t.vm_allocate(gib) for _ in range(3)]
+    n.step("three 1 GiB allocations",
+           "vm_allocate finds space first fit; nothing is resident (the address space is sparse:\n"
+           "reserving it costs no page).", [t],
+           {"addresses": [hex(a) for a in regions]})
+    try:
+        t.vm_allocate(gib)
+        refused = "no"
+    except NoSpace as e:
+        refused = str(e)
+    last = t.vm_allocate(t.map.max_address - (regions[-1] + gib))
+    n.step("a fourth 1 GiB allocation is refused",
+           "Only 4 GiB - 3 GiB - the unmapped first page is left: the fourth vm_allocate fails\n"
+           "(KERN_NO_SPACE); what is left still fits, and after it not one more page.", [t],
+           {"fourth 1 GiB": refused, "rest": f"{last:#x}-{t.map.max_address:#x}"})
+    t.write(regions[0], b"first")
+    t.write(t.map.max_address - 4, b"last")
+    n.step("touch the first and the last page",
+           "Two zero-fill faults: the whole 4 GiB space is usable, up to its last byte.", [t],
+           {"last bytes": t.read(t.map.max_address - 4, 4).decode()})
+    t.vm_deallocate(regions[1], gib)
+    again = t.vm_allocate(gib // 2)
+    n.step("free 1 GiB in the middle and allocate 512 MiB",
+           "vm_deallocate gives the range back; first fit reuses the hole.", [t],
+           {"new region at": hex(again)})
+    t64 = k.task_create("app64")
+    big = [t64.vm_allocate(gib) for _ in range(6)]
+    n.step("a 64-bit task maps 6 GiB",
+           "The same requests in a 64-bit task go past 4 GiB (its map ends at 2^47 in the model).",
+           [t64], {"highest end": hex(big[-1] + gib)})
+    k.close()
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Narrator], None]]] = {
     "fork-cow": ("fork with copy inheritance; pages copied only when written", fork_cow),
     "pageout": ("twice memory's worth of writes: the pageout daemon, pageins", pageout),
@@ -419,6 +465,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Narrator], None]]] = {
                       shared_region),
     "wired-pressure": ("wired cost of kernel resources, kmem, lazy reclaim, device memory",
                        wired_pressure),
+    "address-space-32": ("a 32-bit task runs out of its 4 GiB address space", address_space_32),
 }
 
 

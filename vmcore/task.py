@@ -100,14 +100,17 @@ def _as_int(v, what: str) -> int:
 
 
 class Task:
-    def __init__(self, kernel, name: str):
-        from vmcore.kernel import USER_MAX_ADDRESS, USER_MIN_ADDRESS
+    def __init__(self, kernel, name: str, is64: bool = True):
+        from vmcore.kernel import USER32_MAX_ADDRESS, USER_MAX_ADDRESS, USER_MIN_ADDRESS
 
         self.kernel = kernel
         self.name = name
         self.id = kernel._next_task
         kernel._next_task += 1
-        self.map = VMMap(kernel.page_size, USER_MIN_ADDRESS, USER_MAX_ADDRESS, name=name)
+        #: a 64-bit task, or a 32-bit one whose address space ends at 4 GiB (seed 001)
+        self.is64 = bool(is64)
+        self.map = VMMap(kernel.page_size, USER_MIN_ADDRESS,
+                         USER_MAX_ADDRESS if self.is64 else USER32_MAX_ADDRESS, name=name)
         self.map.task = self
         self.created_at = kernel.clock.now()
         self.alive = True
@@ -700,7 +703,7 @@ class Task:
         """A child task whose address space follows each entry's inheritance."""
         self._alive()
         k = self.kernel
-        child = type(self)(k, name or f"{self.name}-child")
+        child = type(self)(k, name or f"{self.name}-child", is64=self.is64)
         child.parent = self
         cm = child.map
         for e in list(self.map.entries):

@@ -17,12 +17,12 @@ from vmcore.scenario import (
 )
 
 NAMES = ["fork-cow", "pageout", "shadow-collapse", "named-entry", "shared-region",
-         "wired-pressure"]
+         "wired-pressure", "address-space-32"]
 REGION_KEYS = {"type", "start", "end", "vsize", "resident", "dirty", "swapped", "protection",
                "max_protection", "share_mode", "detail"}
 
 
-def test_the_six_scenarios_exist():
+def test_the_scenarios_exist():
     assert list(SCENARIOS) == NAMES
 
 
@@ -115,3 +115,18 @@ def test_python_dash_m_runs():
     r = subprocess.run([sys.executable, "-m", "vmcore.scenario", "bogus"], capture_output=True,
                        text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and "bogus" in r.stderr
+
+
+def test_address_space_32_scenario_runs_out_at_four_gigabytes():
+    """Seed 001: "For 32-bit processes, each process has an address space that can grow
+    dynamically up to a limit of four gigabytes." The scenario's fourth 1 GiB request is refused,
+    the rest of the 4 GiB is still mapped, and its last byte is usable."""
+    rec = run_scenario("address-space-32", out=io.StringIO())
+    steps = rec["steps"]
+    assert steps[0]["notes"]["map"] == "0x1000-0x100000000"
+    assert "NO_SPACE" in steps[2]["notes"]["fourth 1 GiB"]
+    assert steps[2]["notes"]["rest"].endswith("-0x100000000")
+    assert steps[3]["notes"]["last bytes"] == "last"
+    assert steps[3]["vm_stat_delta"]["Pages zero filled"] == 2
+    assert max(r["end"] for r in steps[2]["tasks"]["app32"]) == 1 << 32
+    assert int(steps[5]["notes"]["highest end"], 16) > 1 << 32
