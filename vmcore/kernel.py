@@ -6,7 +6,8 @@ Owns: `Kernel`, the glue every mechanism shares:
     `page_free`;
   * the pmap layer: `pmap_enter`, `pmap_disconnect` (remove every translation of a frame),
     `pmap_remove_range`, `pmap_write_protect`, with the pv lists in PhysicalMemory;
-  * wiring of frames, the replacement-policy hooks, object creation and collapse entry points;
+  * wiring of frames, the replacement-policy hooks, object creation and collapse entry points,
+    and the object cache (`vm_object_enter`: one VM object per pager, vm_stat's lookups / hits);
   * `task_create` (64-bit tasks, or 32-bit ones with is64=False), `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
     `format_vm_stat`, `pageout` (a forced scan), `close`;
   * hooks for issue 7's modules: `shared_regions` (the system set new tasks map,
@@ -135,6 +136,9 @@ class Kernel:
         self.free_min = self.pageout_daemon.free_min
         self.free_target = self.pageout_daemon.free_target
         self.objects: dict[int, VMObject] = {}
+        #: the object cache (vm_object_enter's pager hash): id(pager) -> the VM object over it;
+        #: an entry counts only while its object is alive and still holds that pager
+        self.pager_objects: dict[int, VMObject] = {}
         self.tasks: dict[int, object] = {}
         self.named_entries: list = []
         self.submaps: list = []
@@ -353,6 +357,23 @@ class Kernel:
             device_object_populate(self, obj)  # fictitious frames over the device buffer
         self.objects[obj.id] = obj
         return obj
+
+    def vm_object_enter(self, pager: Pager, size: int, internal: bool = False,
+                        name: str = "") -> tuple[VMObject, bool]:
+        """vm_object_enter: the VM object of a memory object (pager), from the object cache when
+        one is alive for it (a hit: the caller gets a new reference on it), else a new object
+        (ref_count 1) entered in the cache. Counts vm_stat's object cache lookups and hits.
+        Returns (object, hit)."""
+        st = self.stats
+        st.lookups += 1
+        obj = self.pager_objects.get(id(pager))
+        if obj is not None and obj.alive and obj.pager is pager:
+            st.hits += 1
+            obj.ref_count += 1
+            return obj, True
+        obj = self.object_create(size, pager=pager, internal=internal, name=name)
+        self.pager_objects[id(pager)] = obj
+        return obj, False
 
     def object_deallocate(self, obj) -> None:
         object_deallocate(self, obj)

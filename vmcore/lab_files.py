@@ -178,7 +178,11 @@ class FileSystem:
             raise InvalidArgument(f"file {rel!r} is not a regular file")
         k = self.kernel
         obj = self.by_ino.get(st.st_ino)
+        # the file cache is the object cache of vnode objects (vm_object_enter): vm_stat's
+        # "Object cache: N hits of M lookups" counts its lookups
+        k.stats.lookups += 1
         if obj is not None and obj.alive:
+            k.stats.hits += 1
             if st.st_size < obj.size:  # shrank since: no page may stay past the new end
                 self.drop_past(obj, st.st_size)
             else:

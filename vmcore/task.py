@@ -637,7 +637,8 @@ class Task:
 
     def vm_map_object(self, obj_or_pager, offset=0, size=None, prot="rw", copy: bool = False,
                       address=None, max_prot=None, inheritance=None, tag: str = "") -> int:
-        """Map a VM object, or a pager (a new object is made for it), e.g. a file's vnode pager.
+        """Map a VM object, or a pager (its object from the kernel's object cache, made on first
+        use: Kernel.vm_object_enter), e.g. a file's vnode pager.
         copy=True makes a private copy-on-write mapping over the object."""
         self._alive()
         k = self.kernel
@@ -645,9 +646,10 @@ class Task:
         if isinstance(obj_or_pager, Pager):
             psize = obj_or_pager.size()
             osize = psize if psize is not None else (size or 0) + _as_int(offset, "offset")
-            obj = k.object_create(max(osize, ps), pager=obj_or_pager,
-                                  internal=obj_or_pager.kind == PagerKind.DEFAULT)
-            fresh = True
+            # the object cache: a pager already mapped keeps its one VM object
+            obj, _ = k.vm_object_enter(obj_or_pager, max(osize, ps),
+                                       internal=obj_or_pager.kind == PagerKind.DEFAULT)
+            fresh = True  # this call holds a reference of its own (dropped on error)
         elif hasattr(obj_or_pager, "pages") and hasattr(obj_or_pager, "shadow"):
             obj = obj_or_pager
             if not obj.alive:
