@@ -17,6 +17,9 @@ Kinds (each counted, seed 001 "Paging Virtual Memory In", xnu.md 4.3):
   hard       the pager had the page: "Pageins"; the page goes on the active queue (seed 001)
   zero fill  no object in the chain has it: a zero page in the top object ("Pages zero filled")
   cow        a write found the page in a backing object: copy it up ("Pages copy-on-write")
+A write to an object that has a copy object (vm_copy's delayed copy) first pushes the page as it
+was into the copy object (`copy_push`, "Copy-object pushes"); until a page is pushed, its
+translations in the source do not allow writes.
 Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or the pager says
 BAD), ProtectionFailure (access not allowed by the entry), PagerIOError (pager ERROR),
 ResourceShortage (no frame could be freed).
@@ -151,6 +154,8 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
             window_lo += obj.shadow_offset
             obj = nxt
             level += 1
+    if write and top.copy is not None:
+        copy_push(k, top, pidx, f)  # the copy object keeps the page as it is before this write
     if f is None:
         # zero fill, in the top object
         f = k.page_grab()
@@ -181,7 +186,8 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     if write:
         pm.dirty_mv[f] = True
     pm.ref_mv[f] = True
-    writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and top.copy is None
+    writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and (
+        top.copy is None or copy_has(top, pidx))
     k.pmap_enter(pe, pslot, f, writable)
     sink = k._sink
     if sink is not None:
@@ -209,7 +215,7 @@ def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> i
     if not e.protection & (VM_PROT_WRITE if write else VM_PROT_READ) or (write and e.needs_copy):
         return -1
     top = e.object
-    if top.shadow is not None or top.error_pages:
+    if top.shadow is not None or top.error_pages or (write and top.copy is not None):
         return -1
     pidx = (e.offset >> k.page_shift) + slot
     if pidx in top.pages or (top.pager is not None and (
@@ -339,6 +345,44 @@ def submap_cow_extract(k: "Kernel", vmmap, e, addr: int):
     vmmap.insert(ne)
     k.stats.submap_copies += 1
     return ne
+
+
+def copy_has(obj, pidx: int) -> bool:
+    """Does obj's copy object already hold its own version of obj's page pidx (resident or with
+    its pager), or lie outside it? Then a write to that page needs no push."""
+    copy = obj.copy
+    q = pidx - copy.shadow_offset
+    return q < 0 or q >= copy.npages or q in copy.pages or copy.pager_may_have(q)
+
+
+def copy_push(k: "Kernel", obj, pidx: int, src: int | None) -> None:
+    """The copy push of vm_fault_page: a write is about to change page pidx of obj, which has a
+    copy object (a delayed copy, vmcore.object.object_copy_delayed): unless the copy object has
+    its own version of the page already, give it one holding the page as it is now (frame src,
+    found anywhere down obj's chain, or zeros when no object has the page). Translations of src
+    are removed: a reader of the copy object must see the pushed page from now on."""
+    if copy_has(obj, pidx):
+        return
+    copy = obj.copy
+    pm = k.pm
+    if src is not None:
+        was = pm.busy[src]
+        pm.busy[src] = True
+        pm.special[src] = True
+        try:
+            nf = k.page_grab()
+        finally:
+            pm.busy[src] = was
+        pm.views[nf][:] = pm.views[src]
+        k.pmap_disconnect(src)
+    else:
+        nf = k.page_grab()
+        pm.views[nf][:] = pm.zero_page
+    k.page_insert(copy, pidx - copy.shadow_offset, nf)
+    pm.dirty_mv[nf] = True
+    if k.policy is not None:
+        k.policy_insert(nf)
+    k.stats.copy_pushes += 1
 
 
 def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:

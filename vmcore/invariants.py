@@ -104,6 +104,8 @@ def check(kernel, allow_open_upls: bool = False) -> None:
                 lo = e.offset >> k.page_shift
                 hi = lo + e.npages
                 for sh in obj.shadowers:
+                    if sh is obj.copy:
+                        continue  # the copy object gets every page before a write (copy push)
                     assert hi <= sh.shadow_offset or lo >= sh.shadow_offset + sh.npages, \
                         (f"entry {e} maps shadowed object {obj.id} writable where object {sh.id} "
                          f"shadows it (COW bypassed)")
@@ -121,6 +123,10 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     # cache keeps one reference on each file object, as the UBC does), one per object listed
     for obj in k.external_object_refs():
         refs[obj.id] += 1
+    for c in getattr(k, "map_copies", ()):
+        for ce in c.entries:  # a live vm_map_copy holds a reference on each entry's object
+            assert ce.object.alive, f"vm_map_copy {c} holds dead object {ce.object.id}"
+            refs[ce.object.id] += 1
     for ne in k.named_entries:
         if not ne.is_submap:
             assert ne.object.alive, f"named entry {ne} holds dead object"

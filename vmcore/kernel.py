@@ -148,6 +148,8 @@ class Kernel:
         self.kmem = None  # vmcore.kmem.KernelMemory (kernel_map, kernel_object), made on first use
         self.wired_acct = None  # vmcore.wired.WiredAccounting when wired_accounting=True
         self.upls: set = set()
+        #: live vm_map_copy lists (vmcore.map_copy): each holds references on its objects
+        self.map_copies: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
         from vmcore.policy import ClockPolicy, FIFOPolicy, LRUPolicy
 
@@ -495,6 +497,11 @@ class Kernel:
                 pass
         for ne in list(self.named_entries):
             ne.release()
+        if self.map_copies:
+            from vmcore.map_copy import vm_map_copy_discard
+
+            for c in list(self.map_copies):
+                vm_map_copy_discard(c)
         self.closed = True
 
     def __enter__(self) -> "Kernel":

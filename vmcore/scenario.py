@@ -8,7 +8,7 @@ step: what happened, a vmmap-style region listing per task and the vm_stat delta
 --list`, and `main(argv)` for `python -m vmcore.scenario ...`.
 
 Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure,
-address-space-32 (see `--list`). Each builds its own small kernel, so runs are deterministic
+address-space-32, map-copy (see `--list`). Each builds its own small kernel, so runs are deterministic
 (ManualClock, no real I/O).
 
 Region listing (xnu.md 8.2, vmmap 2.4 columns):
@@ -410,6 +410,56 @@ def wired_pressure(n: Narrator) -> None:
     k.close()
 
 
+def map_copy(n: Narrator) -> None:
+    from vmcore.kernel import Kernel
+    from vmcore.kmem import kernel_map, kmem_alloc, kmem_read
+    from vmcore.map_copy import vm_map_copy_discard, vm_map_copy_overwrite, vm_map_copyin
+
+    k = Kernel(memory="2MiB")
+    n.start(k)
+    t = k.task_create("client")
+    a = t.vm_allocate(4 * PS)
+    t.write(a, b"request from user space")
+    t.write(a + 3 * PS, b"last page")
+    n.step("a user task fills 4 pages", "Anonymous memory of the client: one object.", [t])
+    copy = vm_map_copyin(t.map, a, 4 * PS)
+    src = t.map.lookup(a).object
+    n.step("vm_map_copyin from the task's map",
+           "No byte moves: the copy list holds a copy object that shadows the client's object,\n"
+           "and the client's object names it in its copy field (seed 001: \"the shadow and copy\n"
+           "fields may point to other VM objects\"); the client's translations lose write\n"
+           "permission.", [t],
+           {"copy list": repr(copy), "source object": src.id,
+            "its copy object": src.copy.id if src.copy is not None else None,
+            "copy object shadows": src.copy.shadow.id if src.copy is not None else None})
+    t.write(a, b"REQUEST")
+    n.step("the client writes after the copyin",
+           "The write faults: the page's old contents are pushed into the copy object first\n"
+           "(Copy-object pushes), so the copy still holds the bytes of the copyin.", [t],
+           {"client reads": t.read(a, 7).decode()})
+    km = kernel_map(k)
+    buf = kmem_alloc(km, 4 * PS)
+    vm_map_copy_overwrite(km, buf, copy)
+    n.step("vm_map_copy_overwrite into the kernel map",
+           "kmem_alloc wired a kernel buffer; the overwrite copies the copy list's bytes into it\n"
+           "(a kernel_map entry maps the one kernel_object, so its pages are overwritten, not\n"
+           "replaced) and consumes the copy.", [t],
+           {"kernel reads": kmem_read(km, buf, 23).decode(),
+            "kernel reads page 3": kmem_read(km, buf + 3 * PS, 9).decode(),
+            "copy consumed": not copy.alive})
+    refs = src.ref_count
+    bad = vm_map_copyin(t.map, a, 2 * PS)
+    held = src.ref_count
+    vm_map_copy_discard(bad)
+    n.step("vm_map_copy_discard",
+           "A second copyin that is not wanted after all: vm_map_copy_discard drops its\n"
+           "references (seed 004: \"If something goes wrong and you need to throw away this\n"
+           "intermediate object, it should be freed with vm_map_copy_discard\").", [t],
+           {"source refs before / with copy / after discard": f"{refs} / {held} / {src.ref_count}",
+            "live copies": len(k.map_copies)})
+    k.close()
+
+
 def address_space_32(n: Narrator) -> None:
     from vmcore.errors import NoSpace
     from vmcore.kernel import Kernel
@@ -466,6 +516,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Narrator], None]]] = {
     "wired-pressure": ("wired cost of kernel resources, kmem, lazy reclaim, device memory",
                        wired_pressure),
     "address-space-32": ("a 32-bit task runs out of its 4 GiB address space", address_space_32),
+    "map-copy": ("vm_map_copyin from a task, overwrite into the kernel map, discard", map_copy),
 }
 
 

@@ -419,15 +419,28 @@ class Task:
         self.write(addr, data)
 
     def vm_copy(self, src, size, dst) -> None:
-        """Copy size bytes from src to dst within this task (dst must be mapped and writable)."""
+        """Copy size bytes from src to dst within this task (dst must be mapped and writable):
+        vm_map_copyin + vm_map_copy_overwrite (vmcore.map_copy). Page-aligned copies share the
+        pages copy-on-write (the source object gets a copy object, seeds 001 / 004); others
+        move bytes."""
+        from vmcore.map_copy import vm_map_copy_discard, vm_map_copy_overwrite, vm_map_copyin
+
         self._alive()
         src = _as_int(src, "source address")
         dst = _as_int(dst, "destination address")
         size = self._size(size)
         self._check_access(src, size, False)
         self._check_access(dst, size, True)
-        data = self.read(src, size)
-        self.write(dst, data)
+        ps = self.kernel.page_size
+        if src % ps or dst % ps or size % ps:
+            data = self.read(src, size)
+            self.write(dst, data)
+            return
+        copy = vm_map_copyin(self.map, src, size)
+        try:
+            vm_map_copy_overwrite(self.map, dst, copy)
+        finally:
+            vm_map_copy_discard(copy)
 
     # ---- vectorised access (trace replay) ---------------------------------------------------------
     def access(self, addrs, write=False) -> None:
