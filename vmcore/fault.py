@@ -335,6 +335,7 @@ def submap_cow_extract(k: "Kernel", vmmap, e, addr: int):
         ne.object, ne.offset, ne.needs_copy = new, 0, False
     if ce.wired_count and ce.wired_frames is not None:
         ne.wired_count, ne.wired_frames = ce.wired_count, ce.wired_frames
+        ne.user_wired_count = ce.user_wired_count
         if not ne.needs_copy:  # the eager copy holds other frames: move the wirings
             for s_, f in enumerate(ce.wired_frames.tolist()):
                 nf = object_page_find(k, ne.object, s_)

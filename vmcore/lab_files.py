@@ -392,9 +392,9 @@ class FileTask(Task):
         self._sync()
         Task.access(self, addrs, write)
 
-    def vm_wire(self, addr, size) -> None:
+    def vm_wire(self, addr, size, access=None) -> None:
         self._sync()
-        super().vm_wire(addr, size)
+        super().vm_wire(addr, size, access)
 
     # ---- file mappings ----------------------------------------------------------------------------
     def _fs(self) -> FileSystem:

@@ -1,9 +1,10 @@
 """Tasks: an address space (VMMap) and the Mach VM calls on it, plus the vectorised access path.
 
-Owns: `Task` with vm_allocate, vm_deallocate, vm_protect, vm_inherit, vm_behavior_set, vm_wire,
-vm_unwire, vm_read, vm_write, read, write, vm_copy, vm_map (a named entry), vm_map_object (an
-object or pager, e.g. a file), fork, vm_region, regions, terminate, and `access(addrs, write)`, the
-batch access used by trace replay; and `Region`, one vm_region record.
+Owns: `Task` with vm_allocate, vm_deallocate, vm_protect, vm_inherit, vm_behavior_set, vm_wire
+and vm_unwire (user wirings: vmcore.map.vm_map_wire), vm_read, vm_write, read, write, vm_copy
+(vmcore.map_copy), vm_map (a named entry), vm_map_object (an object or pager, e.g. a file), fork,
+vm_region, regions, terminate, and `access(addrs, write)`, the batch access used by trace replay;
+and `Region`, one vm_region record.
 
 Every call validates its whole range before changing anything (holes -> InvalidAddress, rights ->
 ProtectionFailure, bad sizes or alignment -> InvalidArgument, overlaps -> NoSpace), so a failed
@@ -39,12 +40,12 @@ import numpy as np
 
 from vmcore.errors import InvalidAddress, InvalidArgument, NoSpace, ProtectionFailure, VMError
 from vmcore.fault import object_copy_slowly, resolve_entry, vm_fault, zero_fill_fast
-from vmcore.map import VMMap, VMMapEntry
+from vmcore.map import VMMap, VMMapEntry, vm_map_unwire, vm_map_wire
 from vmcore.object import object_deallocate, object_page_remove
 from vmcore.pager import Pager, PagerKind
 from vmcore.types import (
     SM_COW, SM_EMPTY, SM_PRIVATE, SM_PRIVATE_ALIASED, SM_SHARED, SM_SHARED_ALIASED, VM_PROT_ALL,
-    VM_PROT_DEFAULT, VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE, Behavior, Inherit, format_size,
+    VM_PROT_DEFAULT, VM_PROT_READ, VM_PROT_WRITE, Behavior, Inherit, format_size,
     parse_prot, parse_size, prot_str,
 )
 
@@ -202,7 +203,7 @@ class Task:
                 if f >= 0:
                     for _ in range(e.wired_count):
                         k.frame_unwire(f)
-            e.wired_count = 0
+            e.wired_count = e.user_wired_count = 0
             e.wired_frames = None
         if not e.nested:  # a nested entry's translations belong to the submap (pmap_unnest)
             k.pmap_remove_range(e)
@@ -265,68 +266,20 @@ class Task:
             e.last_slot = -2
 
     # ---- wiring ---------------------------------------------------------------------------------
-    def vm_wire(self, addr, size) -> None:
-        """Fault in and wire every page of the range (it then survives any memory pressure)."""
+    def vm_wire(self, addr, size, access=None) -> None:
+        """Fault in and wire every page of the range (it then survives any memory pressure): a
+        user wiring (vm_map_wire with user_wire true). `access` (protection bits or "rw"-style):
+        the accesses that must not fault from now on; None: read, and write where allowed."""
         self._alive()
         start, end = self._page_range(addr, size)
-        ents = self.map.check_covered(start, end)
-        for e in ents:
-            if e.protection == VM_PROT_NONE:
-                raise ProtectionFailure(f"cannot wire {e.start:#x}-{e.end:#x}: no access allowed")
-        k = self.kernel
-        ps = k.page_size
-        done: list[tuple[VMMapEntry, list[int], bool]] = []
-        try:
-            for e in self.map.clipped_range(k, start, end):
-                write = bool(e.protection & VM_PROT_WRITE)
-                if e.is_submap:
-                    write = False
-                frames: list[int] = []
-                first = e.wired_frames is None
-                done.append((e, frames, first))
-                for s in range(e.npages):
-                    a = e.start + s * ps
-                    try:
-                        f = vm_fault(k, self, a, write)
-                    except ProtectionFailure:
-                        f = vm_fault(k, self, a, False)
-                    k.frame_wire(f)
-                    frames.append(f)
-                if first:
-                    e.wired_frames = np.array(frames, dtype=np.int32)
-                e.wired_count += 1
-        except BaseException:
-            for e, frames, first in done:
-                for f in frames:
-                    k.frame_unwire(f)
-                if len(frames) == e.npages:
-                    e.wired_count -= 1
-                if e.wired_count == 0:
-                    e.wired_frames = None
-            raise
-        # pages wired at a later level must be the ones recorded by the first
-        for e, frames, first in done:
-            if not first:
-                for s, f in enumerate(frames):
-                    w = int(e.wired_frames[s])
-                    if w != f:  # the page was replaced since (cannot happen: wired pages stay)
-                        k.frame_unwire(f)
-                        k.frame_wire(w)
+        vm_map_wire(self.map, start, end, None if access is None else parse_prot(access),
+                    user_wire=True)
 
     def vm_unwire(self, addr, size) -> None:
+        """Undo one vm_wire of the range (vm_map_unwire with user_wire true)."""
         self._alive()
         start, end = self._page_range(addr, size)
-        ents = self.map.check_covered(start, end)
-        for e in ents:
-            if e.wired_count == 0:
-                raise InvalidArgument(f"{max(e.start, start):#x}-{min(e.end, end):#x} is not wired")
-        k = self.kernel
-        for e in self.map.clipped_range(k, start, end):
-            for f in e.wired_frames.tolist():
-                k.frame_unwire(f)
-            e.wired_count -= 1
-            if e.wired_count == 0:
-                e.wired_frames = None
+        vm_map_unwire(self.map, start, end, user_wire=True)
 
     # ---- byte access ------------------------------------------------------------------------------
     def _check_access(self, addr: int, n: int, write: bool) -> None:
