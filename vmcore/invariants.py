@@ -70,6 +70,7 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     assert k.nwired == len(pm.wired), f"kernel.nwired {k.nwired} != wired queue {len(pm.wired)}"
     if not allow_open_upls:
         assert not k.upls, f"{len(k.upls)} UPL(s) left open"
+        assert not getattr(k, "upl_waiters", None), "UPL waits recorded with no open UPL"
         assert not pm.busy.any(), f"frames {np.flatnonzero(pm.busy)[:8]} busy with no open UPL"
         assert not pm.absent.any(), "absent placeholder pages with no open UPL"
 

@@ -148,6 +148,8 @@ class Kernel:
         self.kmem = None  # vmcore.kmem.KernelMemory (kernel_map, kernel_object), made on first use
         self.wired_acct = None  # vmcore.wired.WiredAccounting when wired_accounting=True
         self.upls: set = set()
+        #: (object id, page) -> [(UPL, index)]: UPLs waiting for a page another UPL holds busy
+        self.upl_waiters: dict = {}
         #: live vm_map_copy lists (vmcore.map_copy): each holds references on its objects
         self.map_copies: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
