@@ -24,11 +24,14 @@ Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or 
 BAD), ProtectionFailure (access not allowed by the entry), PagerIOError (pager ERROR),
 ResourceShortage (no frame could be freed).
 
-Pagein clustering (mach policy only, xnu.md 1.4 path B / 5.2): grow forward then backward up to
-256 KB, never bridging a resident page or a page the pager is known not to have, within the map
-entry; the first `pre_heat` pages are added blindly (vnode objects in a task's first 45 s of model
-time: 8/4/2 pages by file size), further pages only when the kernel's working-set hook says this
-task touched them (issue 5). RANDOM behaviour disables clustering. Reference policies never cluster.
+Pagein clustering (mach policy only, xnu.md 1.4 path B / 5.2), for every pager (seed 003: "This
+occurs for all pagers"): grow forward then backward up to 256 KB, never bridging a resident page or
+a page the pager is known not to have, within the map entry; the first `pre_heat` pages are added
+blindly (vnode objects in a task's first 45 s of model time, unless a launch profile seeded it:
+8/4/2 pages by file size), further pages only when the working set says this task touched them,
+or the page one further out, before. The working set is the kernel's TaskWorkingSets
+(vmcore.workingset), which every fault here feeds, or another hook the wiring layer sets
+(`kernel.working_set`). RANDOM behaviour disables clustering. Reference policies never cluster.
 Deactivate-behind follows 5.2 (sequential / rseqntl / default runs of 256).
 
 Submaps: a nested entry (use_pmap true) enters its translation in the submap's shared pmap, so
@@ -169,9 +172,13 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     elif kind is FaultKind.SOFT:
         stats.soft_faults += 1
         if pm.special[f] and pm.clustered[f]:
+            # the first touch of a page that came in by clustering: a pagein, and the page goes
+            # active for the first time (not a reactivation)
             pm.clustered[f] = False
             stats.pageins += 1
-        if pm.q_mv[f] == INACTIVE:
+            if pm.q_mv[f] == INACTIVE:
+                pm.activate(f)
+        elif pm.q_mv[f] == INACTIVE:
             pm.activate(f)
             stats.reactivations += 1
         if k.policy is not None and k.tracked[f]:
@@ -189,6 +196,9 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and (
         top.copy is None or copy_has(top, pidx))
     k.pmap_enter(pe, pslot, f, writable)
+    tws = k.tws
+    if tws is not None and task is not None:  # the working set: this task touched obj's page p
+        tws.insert(task, obj.id, p)
     sink = k._sink
     if sink is not None:
         base, boff = obj, p
@@ -278,6 +288,16 @@ def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> i
             pv[f] = [(e, slot)]
         else:
             lst.append((e, slot))
+    tws = k.tws
+    if tws is not None:  # TaskWorkingSets.insert, inline
+        d = tws._tasks.get(task.id)
+        if d is None:
+            d = tws._tasks[task.id] = {}
+        s = d.get(top.id)
+        if s is None:
+            d[top.id] = {pidx}
+        else:
+            s.add(pidx)
     sink = k._sink
     if sink is not None:
         off = pidx << k.page_shift
@@ -430,13 +450,16 @@ def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tu
     psize = obj.pager.size() if obj.pager is not None else None
     if psize is not None:
         hi_lim = min(hi_lim, (psize + ps - 1) // ps - obj.paging_offset)
+    ws = k.working_set
     pre_heat = 0
     if not obj.internal and obj.pager is not None and obj.pager.kind == PagerKind.VNODE:
         age = k.clock.now() - task.created_at
-        if age < LAUNCH_WINDOW_S and k.working_set is None:
+        # no blind read-ahead once a launch profile seeded the task (XNU: a startup cache), nor
+        # under another working-set hook (vmcore.lab tws_cluster=True: clusters from it alone)
+        if age < LAUNCH_WINDOW_S and (ws is None or ws is k.tws) \
+                and getattr(task, "profile", None) is None:
             fsize = psize if psize is not None else obj.size
             pre_heat = 8 if fsize > (1 << 20) else 4 if fsize > (128 << 10) else 2
-    ws = k.working_set
     # frames we may use without waking the pageout daemon
     spare = len(k.pm.free) - k.free_min - 1
     budget = min(max_pages - 1, spare)
@@ -445,12 +468,20 @@ def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tu
     pages = obj.pages
     added = 0
 
-    def wanted(q: int) -> bool:
-        if added < pre_heat:
-            return True
-        if ws is None:
-            return False
-        return ws.contains(task, obj, q) or ws.contains(task, obj, q + (1 if q > p else -1))
+    if ws is not None and ws is k.tws:
+        touched = ws.touched(task, obj)
+        if not touched and not pre_heat:
+            return p, p + 1
+
+        def wanted(q: int) -> bool:
+            return added < pre_heat or q in touched or (q + 1 if q > p else q - 1) in touched
+    else:
+        def wanted(q: int) -> bool:
+            if added < pre_heat:
+                return True
+            if ws is None:
+                return False
+            return ws.contains(task, obj, q) or ws.contains(task, obj, q + (1 if q > p else -1))
 
     hi = p + 1
     while added < budget and hi < hi_lim and hi not in pages and obj.pager_may_have(hi) \

@@ -161,7 +161,17 @@ class Kernel:
         self.ntracked = 0
         self.pmap_epoch = 0
         self.nwired = 0
-        self.working_set = None  # issue 5 hook: .contains(task, obj, pidx) -> bool
+        #: the working set detection subsystem (vmcore.workingset.TaskWorkingSets): every fault
+        #: is recorded per task, and the pagein cluster rule asks it (mach policy only: the
+        #: reference policies never cluster)
+        self.tws = None
+        if self.policy is None:
+            from vmcore.workingset import TaskWorkingSets
+
+            self.tws = TaskWorkingSets()
+        #: the cluster rule's working-set hook: .contains(task, obj, pidx) -> bool; the kernel's
+        #: own TWS by default, another recorder when the wiring layer sets one
+        self.working_set = self.tws
         self.last_pageout_error: str | None = None
         self._owns_clock = clock is None
         self.clock = ManualClock() if clock is None else clock

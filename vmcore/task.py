@@ -717,6 +717,8 @@ class Task:
             self._entry_delete(e, free_pages=e.object in private)
         self.alive = False
         self.kernel.tasks.pop(self.id, None)
+        if self.kernel.tws is not None:
+            self.kernel.tws.forget(self)
         if self.kernel.wired_acct is not None:
             self.kernel.wired_acct.sync()  # a fall is reclaimed lazily (vmcore.wired)
 
