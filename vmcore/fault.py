@@ -56,7 +56,7 @@ from vmcore.types import (
     TWS_MAX_CLUSTER_BYTES, VM_DEFAULT_BEHIND, VM_PROT_READ, VM_PROT_WRITE, Behavior, FaultEvent,
     FaultKind, prot_str,
 )
-from vmcore.upl import UPL, UPL_RET_ONLY_ABSENT
+from vmcore.upl import UPL, UPL_NO_SYNC, UPL_RET_ONLY_ABSENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmcore.kernel import Kernel
@@ -501,8 +501,8 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
     lo, hi = _cluster(k, task, oe, obj, p, lo_lim, hi_lim)
     stats = k.stats
     pm = k.pm
-    upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift, UPL_RET_ONLY_ABSENT,
-              _grab_exempt=True)
+    upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift,
+              UPL_RET_ONLY_ABSENT | UPL_NO_SYNC, _grab_exempt=True)
     try:
         bufs = upl.buffers()
         stats.pagein_requests += 1

@@ -7,8 +7,9 @@ and seed 004's low-level map API:
   vm_map_copyin(src_map, src_addr, len, src_destroy=False) -> VMMapCopy
       "copies data from an arbitrary (potentially non-kernel) memory map into a copy list". No
       byte moves: each piece is copied copy-on-write (vm_object_copy_strategically):
-        * symmetric  the source entry is needs_copy (its object is shared copy-on-write and
-                     written by nobody): the copy shares the object, needs_copy;
+        * symmetric  the source entry is needs_copy over anonymous memory nobody shares (its
+                     object is shared copy-on-write and written by nobody): the copy shares
+                     the object, needs_copy;
         * delayed    otherwise: a copy object (vmcore.object.object_copy_delayed) shadows the
                      source object and becomes its `copy`; the source's translations are
                      write-protected and the source's next write to each page pushes the old
@@ -163,13 +164,12 @@ def _pieces(k: "Kernel", vmmap: VMMap, start: int, end: int):
     return out
 
 
-def vm_map_copyin(src_map: VMMap, src_addr: int, len: int, src_destroy: bool = False,
-                  kernel: "Kernel | None" = None) -> VMMapCopy:
+def vm_map_copyin(src_map: VMMap, src_addr: int, len: int, src_destroy: bool = False) -> VMMapCopy:
     """Copy [src_addr, src_addr+len) of src_map into a new copy list (copy-on-write, see the
     module doc). Errors (before anything changes): InvalidAddress for a hole, ProtectionFailure
     for an unreadable piece, InvalidArgument for bad arguments."""
     task = _map_task(src_map, "vm_map_copyin")
-    k = kernel or task.kernel
+    k = task.kernel
     src_addr, len, start, end = _range(k, src_map, src_addr, len, "vm_map_copyin")
     if src_destroy and src_map is getattr(getattr(k, "kmem", None), "map", None):
         raise InvalidArgument("vm_map_copyin: src_destroy on kernel_map (free it with kmem_free)")
@@ -182,13 +182,13 @@ def vm_map_copyin(src_map: VMMap, src_addr: int, len: int, src_destroy: bool = F
                 # device memory is never shared copy-on-write: its bytes are copied now
                 new = object_copy_slowly(k, obj, off >> ps_shift, size >> ps_shift)
                 ce = CopyEntry(new, 0, size, False, prot, maxp, tag)
-            elif needs_copy and not obj.true_share:
+            elif needs_copy and obj.internal and not obj.true_share:
                 # symmetric: nobody writes the object; the copy shares it copy-on-write
                 obj.ref_count += 1
                 ce = CopyEntry(obj, off, size, True, prot, maxp, tag)
             else:
                 # delayed: a copy object shadows the source object and takes its pushes
-                new = object_copy_delayed(k, obj)
+                new = object_copy_delayed(k, obj, (off + size) >> ps_shift)
                 ce = CopyEntry(new, off, size, True, prot, maxp, tag)
             copy.entries.append(ce)
     except BaseException:

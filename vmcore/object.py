@@ -186,21 +186,25 @@ def object_shadow(kernel: "Kernel", obj: VMObject, offset_pages: int, npages: in
     return new
 
 
-def object_copy_delayed(kernel: "Kernel", src: VMObject) -> VMObject:
+def object_copy_delayed(kernel: "Kernel", src: VMObject, npages: int | None = None) -> VMObject:
     """vm_object_copy_delayed: a copy object of src (the copy-on-write half of vm_copy, seeds 001
     and 004: "the shadow and copy fields may point to other VM objects").
 
-    The new object shadows all of src (offset 0, src's size) and becomes `src.copy`; src keeps
+    The new object shadows src from offset 0 over `npages` pages (the copied range's end; a
+    previous copy object's size if larger) and becomes `src.copy`; src keeps
     being written in place, and the fault path pushes a page into the copy object before a write
     changes it there (vmcore.fault, "copy push"), so the copy object always shows src as it was
-    now. Every resident page of src is write-protected in every pmap, so that the next write to
-    each faults and pushes. A previous copy object of src stops receiving pushes and shadows the
+    now. Every resident page of src the copy object covers is write-protected in every pmap, so
+    that the next write to each faults and pushes. A previous copy object of src stops receiving pushes and shadows the
     new one instead (it still sees src's pages as of its own copy through it), the chain XNU's
     collapse rule "backing is its shadow's copy object" guards (_collapse_blocked).
     Returns the copy object with one reference, the caller's (XNU: "caller must set needs_copy":
     whoever maps it maps it needs_copy, so only pushes write it)."""
-    new = kernel.object_create(src.npages * kernel.page_size, internal=True)
     old = src.copy
+    n = src.npages if npages is None else max(1, npages)
+    if old is not None and old.alive and old.shadow is src:
+        n = max(n, old.shadow_offset + old.npages)
+    new = kernel.object_create(n * kernel.page_size, internal=True)
     if old is not None and old.alive and old.shadow is src:
         # the old copy object now shadows the new one; its reference moves from src to new
         new.ref_count += 1
@@ -209,8 +213,9 @@ def object_copy_delayed(kernel: "Kernel", src: VMObject) -> VMObject:
     src.ref_count += 1
     set_shadow(new, src, 0)
     src.copy = new
-    for f in src.pages.values():
-        kernel.pmap_write_protect(f)
+    for p, f in src.pages.items():
+        if p < n:  # pages past the copy object need no push
+            kernel.pmap_write_protect(f)
     return new
 
 

@@ -10,6 +10,10 @@ ABORT_FREE_ON_EMPTY, the range call that settles the last page frees the UPL; us
 raises InvalidArgument.
 
 Creation flags:
+  UPL_NO_SYNC          no push to the copy object first: without it, a pagein-direction UPL over an
+                       object that has a copy object (vm_copy) first gives the copy object every
+                       page of the range it lacks, as the page is now, so that what the UPL's user
+                       writes cannot show through the copy
   UPL_COPYOUT_FROM     pageout direction: gather the resident pages of the range; missing, absent,
                        wired or busy pages leave a hole
   UPL_RET_ONLY_DIRTY   with COPYOUT_FROM: only dirty or precious pages; with UPL_FOR_PAGEOUT the
@@ -123,6 +127,8 @@ class UPL:
         self.internal = bool(flags & UPL_SET_INTERNAL)
         #: pages this UPL waits for (busy in another UPL; no UPL_NOBLOCK)
         self.waiting = 0
+        if not flags & (UPL_COPYOUT_FROM | UPL_NO_SYNC) and obj.copy is not None:
+            self._copy_sync()
         try:
             for i in range(n):
                 self._gather(i)
@@ -131,6 +137,18 @@ class UPL:
             raise
         obj.paging_in_progress += 1
         kernel.upls.add(self)
+
+    def _copy_sync(self) -> None:
+        """A UPL that may fill the object's pages, over an object with a copy object (vm_copy):
+        the copy object first gets every page of the range it lacks, as the page is now (XNU
+        pushes to the copy object unless UPL_NO_SYNC; the pagein paths, whose pager supplies the
+        page as it already is, pass UPL_NO_SYNC)."""
+        from vmcore.fault import copy_has, copy_push, object_page_find
+
+        k, obj = self.kernel, self.object
+        for p in range(self.first, self.first + self.npages):
+            if obj.copy is not None and not copy_has(obj, p):
+                copy_push(k, obj, p, object_page_find(k, obj, p))
 
     def _gather(self, i: int) -> None:
         """Take page i of the range into the UPL, leave a hole, or wait for it (a busy page and

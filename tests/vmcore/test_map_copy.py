@@ -232,3 +232,29 @@ def test_overwrite_needs_a_mapped_writable_destination():
     vm_map_copy_discard(copy)
     invariants.check(k)
     k.close()
+
+
+def test_a_upl_filling_a_copied_object_pushes_to_its_copy_first():
+    """Seed 004, "Universal Page Lists (UPLs)": "UPLs can also be used to push data into and pull
+    data from VM objects." Data a UPL pushes into a source object after a vm_copy must not show
+    through the copy: the copy object gets the range's old pages first (XNU does so unless
+    UPL_NO_SYNC, xnu.md 6)."""
+    from vmcore.upl import UPL_RET_ONLY_ABSENT, vm_map_get_upl
+
+    k = Kernel(memory="2MiB")
+    t = k.task_create("t")
+    src = t.vm_allocate(4 * PS)
+    dst = t.vm_allocate(4 * PS)
+    t.write(src, b"old" * PS)
+    k.pageout()  # page 0..2 in the pager; page 3 was never written
+    t.vm_copy(src, 4 * PS, dst)
+    r = vm_map_get_upl(t.map, src, 4 * PS, UPL_RET_ONLY_ABSENT)
+    # the push brought pages 0-2 in (the copy object got them); page 3 is the one absent page
+    assert [i for i, *_ in r.page_list] == [3]
+    for buf in r.upl.buffers():
+        buf[:3] = b"NEW"
+    r.upl.commit()
+    assert t.read(src + 3 * PS, 3) == b"NEW" and t.read(dst + 3 * PS, 3) == bytes(3)
+    assert t.read(src, 3) == b"old" == t.read(dst, 3)
+    invariants.check(k)
+    k.close()
