@@ -288,16 +288,13 @@ def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> i
             pv[f] = [(e, slot)]
         else:
             lst.append((e, slot))
-    tws = k.tws
-    if tws is not None:  # TaskWorkingSets.insert, inline
-        d = tws._tasks.get(task.id)
-        if d is None:
-            d = tws._tasks[task.id] = {}
-        s = d.get(top.id)
-        if s is None:
-            d[top.id] = {pidx}
+    if k.tws is not None:  # TaskWorkingSets.insert, through the entry's cached page set
+        if e.tws_obj is top:
+            e.tws_set.add(pidx)
         else:
-            s.add(pidx)
+            k.tws.insert(task, top.id, pidx)
+            e.tws_set = k.tws.touched(task, top)
+            e.tws_obj = top
     sink = k._sink
     if sink is not None:
         off = pidx << k.page_shift

@@ -55,7 +55,8 @@ class VMMapEntry:
     __slots__ = ("map", "start", "end", "object", "offset", "protection", "max_protection",
                  "inheritance", "behavior", "wired_count", "user_wired_count", "is_submap",
                  "needs_copy", "use_pmap",
-                 "_pmap", "_pmw", "pmv", "pwv", "wired_frames", "last_slot", "run", "tag", "__weakref__")
+                 "_pmap", "_pmw", "pmv", "pwv", "wired_frames", "last_slot", "run", "tag",
+                 "tws_obj", "tws_set", "__weakref__")
 
     def __init__(self, vmmap: "VMMap", start: int, end: int, obj, offset: int,
                  protection: int = VM_PROT_DEFAULT, max_protection: int = 7,
@@ -85,6 +86,9 @@ class VMMapEntry:
         self.last_slot = -2  # deactivate-behind: last faulting slot and run length
         self.run = 0
         self.tag = tag
+        #: the fault path's cache of the working-set page set of (this map's task, tws_obj)
+        self.tws_obj = None
+        self.tws_set = None
 
     # the translation arrays, and memoryview aliases of them (`pmv`, `pwv`: the same memory, for
     # the one-slot-at-a-time fault path, a third of the cost of a numpy scalar access); assigning
