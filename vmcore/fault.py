@@ -384,14 +384,7 @@ def copy_push(k: "Kernel", obj, pidx: int, src: int | None) -> None:
     copy = obj.copy
     pm = k.pm
     if src is not None:
-        was = pm.busy[src]
-        pm.busy[src] = True
-        pm.special[src] = True
-        try:
-            nf = k.page_grab()
-        finally:
-            pm.busy[src] = was
-        pm.views[nf][:] = pm.views[src]
+        nf = page_grab_copy(k, src)
         k.pmap_disconnect(src)
     else:
         nf = k.page_grab()
@@ -403,8 +396,9 @@ def copy_push(k: "Kernel", obj, pidx: int, src: int | None) -> None:
     k.stats.copy_pushes += 1
 
 
-def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
-    """COW: copy frame src (a backing object's page) into a new page of top at pidx."""
+def page_grab_copy(k: "Kernel", src: int) -> int:
+    """A free frame holding a copy of frame src's bytes; src is held busy while the frame is
+    grabbed, so that a pageout scan the grab runs cannot take it."""
     pm = k.pm
     was_busy = pm.busy[src]
     pm.busy[src] = True
@@ -413,7 +407,13 @@ def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
         nf = k.page_grab()
     finally:
         pm.busy[src] = was_busy
-    pm.frames[nf] = pm.frames[src]
+    pm.views[nf][:] = pm.views[src]  # views: src may be a device's fictitious frame
+    return nf
+
+
+def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
+    """COW: copy frame src (a backing object's page) into a new page of top at pidx."""
+    nf = page_grab_copy(k, src)
     k.page_insert(top, pidx, nf)
     if k.policy is not None:
         k.policy_insert(nf)
@@ -637,14 +637,7 @@ def object_copy_slowly(k: "Kernel", src, first: int, npages: int):
             f = object_page_find(k, src, first + q)
             if f is None:
                 continue
-            was = pm.busy[f]
-            pm.busy[f] = True
-            pm.special[f] = True
-            try:
-                nf = k.page_grab()
-            finally:
-                pm.busy[f] = was
-            pm.frames[nf] = pm.frames[f]
+            nf = page_grab_copy(k, f)
             k.page_insert(new, q, nf)
             pm.dirty[nf] = True
             if k.policy is not None:

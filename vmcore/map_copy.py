@@ -99,20 +99,25 @@ class VMMapCopy:
     def read(self) -> bytes:
         """The copied bytes (what an overwrite or copyout shows), read through the objects."""
         self._alive()
-        k = self.kernel
-        ps = k.page_size
-        pm = k.pm
-        out = bytearray()
-        for ce in self.entries:
-            first = ce.offset // ps
-            for i in range(ce.size // ps):
-                f = object_page_find(k, ce.object, first + i)
-                out += bytes(pm.views[f]) if f is not None else pm.zero_page
-        return bytes(out[self.offset:self.offset + self.size])
+        out = b"".join(_object_bytes(self.kernel, ce.object, ce.offset, ce.size)
+                       for ce in self.entries)
+        return out[self.offset:self.offset + self.size]
 
     def __repr__(self) -> str:
         state = "" if self.alive else " consumed"
         return f"<vm_map_copy {self.size:#x} bytes +{self.offset:#x}, {len(self.entries)} entries{state}>"
+
+
+def _object_bytes(k: "Kernel", obj, offset: int, size: int) -> bytes:
+    """size bytes of obj from page-aligned byte offset, as its shadow chain shows them."""
+    ps = k.page_size
+    pm = k.pm
+    out = bytearray()
+    first = offset // ps
+    for i in range(size // ps):
+        f = object_page_find(k, obj, first + i)
+        out += bytes(pm.views[f]) if f is not None else pm.zero_page
+    return bytes(out)
 
 
 def _map_task(vmmap: VMMap, what: str):
@@ -298,11 +303,8 @@ def vm_map_copy_overwrite(dst_map: VMMap, dst_addr: int, copy: VMMapCopy,
                 if _replaceable(k, e):
                     _entry_replace(k, task, e, ce, e.start - a)
                 else:
-                    off = e.start - a
-                    data = VMMapCopy(k, 0, e.end - e.start,
-                                     [CopyEntry(ce.object, ce.offset + off, e.end - e.start,
-                                                ce.needs_copy, 0, 0)]).read()
-                    task.write(e.start, data)
+                    task.write(e.start, _object_bytes(k, ce.object, ce.offset + (e.start - a),
+                                                      e.end - e.start))
             object_deallocate(k, ce.object)  # the copy's reference (entries took their own)
             ents.pop(0)
             a += ce.size

@@ -179,6 +179,17 @@ def test_copyin_src_destroy_and_errors_leave_the_source_alone():
     with pytest.raises(InvalidArgument):
         vm_map_copyin(kernel_map(k), kmem_alloc(kernel_map(k), PS), PS, src_destroy=True)
     assert not k.map_copies
+    # device memory is never shared copy-on-write: copyin takes its bytes at once
+    import numpy as np
+
+    from vmcore.device_pager import DevicePager
+
+    fb = np.zeros(2 * PS, dtype=np.uint8)
+    fb[:5] = np.frombuffer(b"frame", np.uint8)
+    dev = t.vm_map_object(DevicePager(fb, wimg="io", name="fb"))
+    got = vm_map_copyout(t.map, vm_map_copyin(t.map, dev, 2 * PS))
+    fb[0] = ord("F")
+    assert t.read(got, 5) == b"frame" and t.read(dev, 5) == b"Frame"
     invariants.check(k)
     k.close()
 
