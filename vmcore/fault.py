@@ -14,18 +14,24 @@ Kinds (each counted; docs/mach-vm.md#faults, "Paging Virtual Memory In", xnu-792
   soft       the page is resident in some object of the chain: map it (an inactive page is
              reactivated, "Pages reactivated"); the first touch of a page that came in by
              clustering counts as a pagein
-  hard       the pager had the page: "Pageins"
+  hard       the pager had the page: "Pageins"; the page goes on the active queue (Memory Management in Mac OS X)
   zero fill  no object in the chain has it: a zero page in the top object ("Pages zero filled")
   cow        a write found the page in a backing object: copy it up ("Pages copy-on-write")
+A write to an object that has a copy object (vm_copy's delayed copy) first pushes the page as it
+was into the copy object (`copy_push`, "Copy-object pushes"); until a page is pushed, its
+translations in the source do not allow writes.
 Every call counts one "Translation fault". Errors: InvalidAddress (unmapped, or the pager says
 BAD), ProtectionFailure (access not allowed by the entry), PagerIOError (pager ERROR),
 ResourceShortage (no frame could be freed).
 
-Pagein clustering (mach policy only, xnu-792's tws_build_cluster): grow forward then backward up to
-256 KB, never bridging a resident page or a page the pager is known not to have, within the map
-entry; the first `pre_heat` pages are added blindly (vnode objects in a task's first 45 s of model
-time: 8/4/2 pages by file size), further pages only when the kernel's working-set hook says this
-task touched them (vmcore.workingset). RANDOM behaviour disables clustering. Reference policies never cluster.
+Pagein clustering (mach policy only, xnu-792's tws_build_cluster), for every pager (Mac OS X
+pagers and working set detection: "This occurs for all pagers"): grow forward then backward up to 256 KB, never bridging a resident page or
+a page the pager is known not to have, within the map entry; the first `pre_heat` pages are added
+blindly (vnode objects in a task's first 45 s of model time, unless a launch profile seeded it:
+8/4/2 pages by file size), further pages only when the working set says this task touched them,
+or the page one further out, before. The working set is the kernel's TaskWorkingSets
+(vmcore.workingset), which every fault here feeds, or another hook the wiring layer sets
+(`kernel.working_set`). RANDOM behaviour disables clustering. Reference policies never cluster.
 Deactivate-behind follows 5.2 (sequential / rseqntl / default runs of 256).
 
 Submaps: a nested entry (use_pmap true) enters its translation in the submap's shared pmap, so
@@ -50,7 +56,7 @@ from vmcore.types import (
     TWS_MAX_CLUSTER_BYTES, VM_DEFAULT_BEHIND, VM_PROT_READ, VM_PROT_WRITE, Behavior, FaultEvent,
     FaultKind, prot_str,
 )
-from vmcore.upl import UPL, UPL_RET_ONLY_ABSENT
+from vmcore.upl import UPL, UPL_NO_SYNC, UPL_RET_ONLY_ABSENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmcore.kernel import Kernel
@@ -151,6 +157,8 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
             window_lo += obj.shadow_offset
             obj = nxt
             level += 1
+    if write and top.copy is not None:
+        copy_push(k, top, pidx, f)  # the copy object keeps the page as it is before this write
     if f is None:
         # zero fill, in the top object
         f = k.page_grab()
@@ -164,9 +172,13 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     elif kind is FaultKind.SOFT:
         stats.soft_faults += 1
         if pm.special[f] and pm.clustered[f]:
+            # the first touch of a page that came in by clustering: a pagein, and the page goes
+            # active for the first time (not a reactivation)
             pm.clustered[f] = False
             stats.pageins += 1
-        if pm.q_mv[f] == INACTIVE:
+            if pm.q_mv[f] == INACTIVE:
+                pm.activate(f)
+        elif pm.q_mv[f] == INACTIVE:
             pm.activate(f)
             stats.reactivations += 1
         if k.policy is not None and k.tracked[f]:
@@ -181,8 +193,12 @@ def vm_fault(k: "Kernel", task, addr: int, write: bool, e=None) -> int:
     if write:
         pm.dirty_mv[f] = True
     pm.ref_mv[f] = True
-    writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and top.copy is None
+    writable = level == 0 and bool(prot & VM_PROT_WRITE) and not oe.needs_copy and (
+        top.copy is None or copy_has(top, pidx))
     k.pmap_enter(pe, pslot, f, writable)
+    tws = k.tws
+    if tws is not None and task is not None:  # the working set: this task touched obj's page p
+        tws.insert(task, obj.id, p)
     sink = k._sink
     if sink is not None:
         base, boff = obj, p
@@ -209,7 +225,7 @@ def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> i
     if not e.protection & (VM_PROT_WRITE if write else VM_PROT_READ) or (write and e.needs_copy):
         return -1
     top = e.object
-    if top.shadow is not None or top.error_pages:
+    if top.shadow is not None or top.error_pages or (write and top.copy is not None):
         return -1
     pidx = (e.offset >> k.page_shift) + slot
     if pidx in top.pages or (top.pager is not None and (
@@ -272,6 +288,13 @@ def zero_fill_fast(k: "Kernel", task, e, slot: int, addr: int, write: bool) -> i
             pv[f] = [(e, slot)]
         else:
             lst.append((e, slot))
+    if k.tws is not None:  # TaskWorkingSets.insert, through the entry's cached page set
+        if e.tws_obj is top:
+            e.tws_set.add(pidx)
+        else:
+            k.tws.insert(task, top.id, pidx)
+            e.tws_set = k.tws.touched(task, top)
+            e.tws_obj = top
     sink = k._sink
     if sink is not None:
         off = pidx << k.page_shift
@@ -329,6 +352,7 @@ def submap_cow_extract(k: "Kernel", vmmap, e, addr: int):
         ne.object, ne.offset, ne.needs_copy = new, 0, False
     if ce.wired_count and ce.wired_frames is not None:
         ne.wired_count, ne.wired_frames = ce.wired_count, ce.wired_frames
+        ne.user_wired_count = ce.user_wired_count
         if not ne.needs_copy:  # the eager copy holds other frames: move the wirings
             for s_, f in enumerate(ce.wired_frames.tolist()):
                 nf = object_page_find(k, ne.object, s_)
@@ -341,8 +365,40 @@ def submap_cow_extract(k: "Kernel", vmmap, e, addr: int):
     return ne
 
 
-def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
-    """COW: copy frame src (a backing object's page) into a new page of top at pidx."""
+def copy_has(obj, pidx: int) -> bool:
+    """Does obj's copy object already hold its own version of obj's page pidx (resident or with
+    its pager), or lie outside it? Then a write to that page needs no push."""
+    copy = obj.copy
+    q = pidx - copy.shadow_offset
+    return q < 0 or q >= copy.npages or q in copy.pages or copy.pager_may_have(q)
+
+
+def copy_push(k: "Kernel", obj, pidx: int, src: int | None) -> None:
+    """The copy push of vm_fault_page: a write is about to change page pidx of obj, which has a
+    copy object (a delayed copy, vmcore.object.object_copy_delayed): unless the copy object has
+    its own version of the page already, give it one holding the page as it is now (frame src,
+    found anywhere down obj's chain, or zeros when no object has the page). Translations of src
+    are removed: a reader of the copy object must see the pushed page from now on."""
+    if copy_has(obj, pidx):
+        return
+    copy = obj.copy
+    pm = k.pm
+    if src is not None:
+        nf = page_grab_copy(k, src)
+        k.pmap_disconnect(src)
+    else:
+        nf = k.page_grab()
+        pm.views[nf][:] = pm.zero_page
+    k.page_insert(copy, pidx - copy.shadow_offset, nf)
+    pm.dirty_mv[nf] = True
+    if k.policy is not None:
+        k.policy_insert(nf)
+    k.stats.copy_pushes += 1
+
+
+def page_grab_copy(k: "Kernel", src: int) -> int:
+    """A free frame holding a copy of frame src's bytes; src is held busy while the frame is
+    grabbed, so that a pageout scan the grab runs cannot take it."""
     pm = k.pm
     was_busy = pm.busy[src]
     pm.busy[src] = True
@@ -351,7 +407,13 @@ def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
         nf = k.page_grab()
     finally:
         pm.busy[src] = was_busy
-    pm.frames[nf] = pm.frames[src]
+    pm.views[nf][:] = pm.views[src]  # views: src may be a device's fictitious frame
+    return nf
+
+
+def _copy_up(k: "Kernel", oe, e, slot: int, top, pidx: int, src: int) -> int:
+    """COW: copy frame src (a backing object's page) into a new page of top at pidx."""
+    nf = page_grab_copy(k, src)
     k.page_insert(top, pidx, nf)
     if k.policy is not None:
         k.policy_insert(nf)
@@ -385,13 +447,16 @@ def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tu
     psize = obj.pager.size() if obj.pager is not None else None
     if psize is not None:
         hi_lim = min(hi_lim, (psize + ps - 1) // ps - obj.paging_offset)
+    ws = k.working_set
     pre_heat = 0
     if not obj.internal and obj.pager is not None and obj.pager.kind == PagerKind.VNODE:
         age = k.clock.now() - task.created_at
-        if age < LAUNCH_WINDOW_S and k.working_set is None:
+        # no blind read-ahead once a launch profile seeded the task (XNU: a startup cache), nor
+        # under another working-set hook (vmcore.lab tws_cluster=True: clusters from it alone)
+        if age < LAUNCH_WINDOW_S and (ws is None or ws is k.tws) \
+                and getattr(task, "profile", None) is None:
             fsize = psize if psize is not None else obj.size
             pre_heat = 8 if fsize > (1 << 20) else 4 if fsize > (128 << 10) else 2
-    ws = k.working_set
     # frames we may use without waking the pageout daemon
     spare = len(k.pm.free) - k.free_min - 1
     budget = min(max_pages - 1, spare)
@@ -400,12 +465,20 @@ def _cluster(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int) -> tu
     pages = obj.pages
     added = 0
 
-    def wanted(q: int) -> bool:
-        if added < pre_heat:
-            return True
-        if ws is None:
-            return False
-        return ws.contains(task, obj, q) or ws.contains(task, obj, q + (1 if q > p else -1))
+    if ws is not None and ws is k.tws:
+        touched = ws.touched(task, obj)
+        if not touched and not pre_heat:
+            return p, p + 1
+
+        def wanted(q: int) -> bool:
+            return added < pre_heat or q in touched or (q + 1 if q > p else q - 1) in touched
+    else:
+        def wanted(q: int) -> bool:
+            if added < pre_heat:
+                return True
+            if ws is None:
+                return False
+            return ws.contains(task, obj, q) or ws.contains(task, obj, q + (1 if q > p else -1))
 
     hi = p + 1
     while added < budget and hi < hi_lim and hi not in pages and obj.pager_may_have(hi) \
@@ -424,8 +497,9 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
     """Ask obj's pager for page p (and a cluster around it). Returns the frame or None (ABSENT)."""
     lo, hi = _cluster(k, task, oe, obj, p, lo_lim, hi_lim)
     stats = k.stats
-    upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift, UPL_RET_ONLY_ABSENT,
-              _grab_exempt=True)
+    pm = k.pm
+    upl = UPL(k, obj, lo << k.page_shift, (hi - lo) << k.page_shift,
+              UPL_RET_ONLY_ABSENT | UPL_NO_SYNC, _grab_exempt=True)
     try:
         bufs = upl.buffers()
         stats.pagein_requests += 1
@@ -441,6 +515,10 @@ def _pagein(k: "Kernel", task, oe, obj, p: int, lo_lim: int, hi_lim: int, addr: 
             fr = upl.frame_at(i)
             if i == me:
                 upl.commit_range(i << k.page_shift, k.page_size)
+                # Memory Management in Mac OS X "Paging Virtual Memory In": the hard-faulted page goes on the active
+                # list (the commit saw its reference bit clear and left it inactive)
+                if not pm.wc_mv[fr]:
+                    pm.activate(fr)
                 f = fr
             else:
                 upl.commit_range(i << k.page_shift, k.page_size, _speculative=True)
@@ -559,14 +637,7 @@ def object_copy_slowly(k: "Kernel", src, first: int, npages: int):
             f = object_page_find(k, src, first + q)
             if f is None:
                 continue
-            was = pm.busy[f]
-            pm.busy[f] = True
-            pm.special[f] = True
-            try:
-                nf = k.page_grab()
-            finally:
-                pm.busy[f] = was
-            pm.frames[nf] = pm.frames[f]
+            nf = page_grab_copy(k, f)
             k.page_insert(new, q, nf)
             pm.dirty[nf] = True
             if k.policy is not None:

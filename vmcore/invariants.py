@@ -70,6 +70,7 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     assert k.nwired == len(pm.wired), f"kernel.nwired {k.nwired} != wired queue {len(pm.wired)}"
     if not allow_open_upls:
         assert not k.upls, f"{len(k.upls)} UPL(s) left open"
+        assert not getattr(k, "upl_waiters", None), "UPL waits recorded with no open UPL"
         assert not pm.busy.any(), f"frames {np.flatnonzero(pm.busy)[:8]} busy with no open UPL"
         assert not pm.absent.any(), "absent placeholder pages with no open UPL"
 
@@ -104,6 +105,8 @@ def check(kernel, allow_open_upls: bool = False) -> None:
                 lo = e.offset >> k.page_shift
                 hi = lo + e.npages
                 for sh in obj.shadowers:
+                    if sh is obj.copy:
+                        continue  # the copy object gets every page before a write (copy push)
                     assert hi <= sh.shadow_offset or lo >= sh.shadow_offset + sh.npages, \
                         (f"entry {e} maps shadowed object {obj.id} writable where object {sh.id} "
                          f"shadows it (COW bypassed)")
@@ -121,6 +124,10 @@ def check(kernel, allow_open_upls: bool = False) -> None:
     # cache keeps one reference on each file object, as the UBC does), one per object listed
     for obj in k.external_object_refs():
         refs[obj.id] += 1
+    for c in getattr(k, "map_copies", ()):
+        for ce in c.entries:  # a live vm_map_copy holds a reference on each entry's object
+            assert ce.object.alive, f"vm_map_copy {c} holds dead object {ce.object.id}"
+            refs[ce.object.id] += 1
     for ne in k.named_entries:
         if not ne.is_submap:
             assert ne.object.alive, f"named entry {ne} holds dead object"

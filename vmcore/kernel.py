@@ -6,8 +6,9 @@ Owns: `Kernel`, the glue every mechanism shares:
     `page_free`;
   * the pmap layer: `pmap_enter`, `pmap_disconnect` (remove every translation of a frame),
     `pmap_remove_range`, `pmap_write_protect`, with the pv lists in PhysicalMemory;
-  * wiring of frames, the replacement-policy hooks, object creation and collapse entry points;
-  * `task_create`, `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
+  * wiring of frames, the replacement-policy hooks, object creation and collapse entry points,
+    and the object cache (`vm_object_enter`: one VM object per pager, vm_stat's lookups / hits);
+  * `task_create` (64-bit tasks, or 32-bit ones with is64=False), `make_memory_entry`, `make_named_region`, `object_create`, `vm_stat`,
     `format_vm_stat`, `pageout` (a forced scan), `close`;
   * hooks for the subsystem modules: `shared_regions` (the system set new tasks map,
     vmcore.shared_region) and `shared_region_sets`; `kmem` (kernel_map / kernel_object, made by
@@ -56,7 +57,15 @@ MACH_MIN_MARGIN_PAGES = 32
 REF_MIN_PAGES = 2
 
 USER_MIN_ADDRESS = 0x1000
+#: the end of a 64-bit task's map. Memory Management in Mac OS X gives a 64-bit process "approximately 18 exabytes"
+#: (2^64 bytes, the architectural limit); XNU's user limit is lower and depends on the
+#: architecture (2^47 on x86_64), and the model keeps 2^47: a larger map gains nothing a model
+#: run can use and keeps every address an int64 of the vectorised access path
 USER_MAX_ADDRESS = 1 << 47
+#: the end of a 32-bit task's map: Memory Management in Mac OS X, "For 32-bit processes, each process has an address
+#: space that can grow dynamically up to a limit of four gigabytes" (XNU's VM_MAX_ADDRESS keeps
+#: the last page back; the model follows the seed)
+USER32_MAX_ADDRESS = 1 << 32
 
 
 class Kernel:
@@ -127,6 +136,9 @@ class Kernel:
         self.free_min = self.pageout_daemon.free_min
         self.free_target = self.pageout_daemon.free_target
         self.objects: dict[int, VMObject] = {}
+        #: the object cache (vm_object_enter's pager hash): id(pager) -> the VM object over it;
+        #: an entry counts only while its object is alive and still holds that pager
+        self.pager_objects: dict[int, VMObject] = {}
         self.tasks: dict[int, object] = {}
         self.named_entries: list = []
         self.submaps: list = []
@@ -136,6 +148,10 @@ class Kernel:
         self.kmem = None  # vmcore.kmem.KernelMemory (kernel_map, kernel_object), made on first use
         self.wired_acct = None  # vmcore.wired.WiredAccounting when wired_accounting=True
         self.upls: set = set()
+        #: (object id, page) -> [(UPL, index)]: UPLs waiting for a page another UPL holds busy
+        self.upl_waiters: dict = {}
+        #: live vm_map_copy lists (vmcore.map_copy): each holds references on its objects
+        self.map_copies: set = set()
         self.tracked: list[bool] = [False] * nframes  # frames the policy tracks (hot: a list)
         from vmcore.policy import ClockPolicy, FIFOPolicy, LRUPolicy
 
@@ -145,7 +161,17 @@ class Kernel:
         self.ntracked = 0
         self.pmap_epoch = 0
         self.nwired = 0
-        self.working_set = None  # working-set hook: .contains(task, obj, pidx) -> bool
+        #: the working set detection subsystem (vmcore.workingset.TaskWorkingSets): every fault
+        #: is recorded per task, and the pagein cluster rule asks it (mach policy only: the
+        #: reference policies never cluster)
+        self.tws = None
+        if self.policy is None:
+            from vmcore.workingset import TaskWorkingSets
+
+            self.tws = TaskWorkingSets()
+        #: the cluster rule's working-set hook: .contains(task, obj, pidx) -> bool; the kernel's
+        #: own TWS by default, another recorder when the wiring layer sets one
+        self.working_set = self.tws
         self.last_pageout_error: str | None = None
         self._owns_clock = clock is None
         self.clock = ManualClock() if clock is None else clock
@@ -346,6 +372,23 @@ class Kernel:
         self.objects[obj.id] = obj
         return obj
 
+    def vm_object_enter(self, pager: Pager, size: int, internal: bool = False,
+                        name: str = "") -> tuple[VMObject, bool]:
+        """vm_object_enter: the VM object of a memory object (pager), from the object cache when
+        one is alive for it (a hit: the caller gets a new reference on it), else a new object
+        (ref_count 1) entered in the cache. Counts vm_stat's object cache lookups and hits.
+        Returns (object, hit)."""
+        st = self.stats
+        st.lookups += 1
+        obj = self.pager_objects.get(id(pager))
+        if obj is not None and obj.alive and obj.pager is pager:
+            st.hits += 1
+            obj.ref_count += 1
+            return obj, True
+        obj = self.object_create(size, pager=pager, internal=internal, name=name)
+        self.pager_objects[id(pager)] = obj
+        return obj, False
+
     def object_deallocate(self, obj) -> None:
         object_deallocate(self, obj)
 
@@ -366,15 +409,20 @@ class Kernel:
         e.needs_copy = False
 
     # ---- tasks and handles ------------------------------------------------------------------------
-    def task_create(self, name: str = "task", **kwargs):
-        """A new task with an empty address space."""
+    def task_create(self, name: str = "task", is64: bool = True, **kwargs):
+        """A new task with an empty address space: a 64-bit one (is64=True), or a 32-bit one
+        whose map ends at 4 GiB (USER32_MAX_ADDRESS)."""
         from vmcore.task import Task
 
         if self.closed:
             raise InvalidArgument("kernel is closed")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"task name {name!r} must be a non-empty string")
-        t = (self.task_class or Task)(self, name)
+        if not isinstance(is64, bool):
+            raise InvalidArgument(f"is64 {is64!r} must be True (a 64-bit task) or False (32-bit)")
+        if kwargs:
+            raise InvalidArgument(f"task_create got unknown arguments: {', '.join(sorted(kwargs))}")
+        t = (self.task_class or Task)(self, name, is64=is64)
         if self.shared_regions is not None:
             self.shared_regions.attach(t)
         if self.wired_acct is not None:
@@ -461,6 +509,11 @@ class Kernel:
                 pass
         for ne in list(self.named_entries):
             ne.release()
+        if self.map_copies:
+            from vmcore.map_copy import vm_map_copy_discard
+
+            for c in list(self.map_copies):
+                vm_map_copy_discard(c)
         self.closed = True
 
     def __enter__(self) -> "Kernel":

@@ -27,10 +27,12 @@ Caveats:
     unclosed still removes its swap files (swapd's finalizer) and its mount (lab_files'
     finalizer, also at interpreter exit).
   * Clustering: fault._cluster follows 10.4 (xnu-792): behaviour RANDOM disables clustering,
-    the others cluster alike; a task's first `launch_window` seconds get a small blind read-ahead
-    on file objects. `tws_cluster=True` also sets the kernel's working_set hook to the recorder:
-    clusters then widen over pages this task touched before (up to 64 pages, stopping at resident
-    pages), but fault._cluster then drops the blind read-ahead (a limitation of that module).
+    the others cluster alike; a task's first 45 s get a small blind read-ahead on file objects
+    (unless a launch profile seeded it), and every pagein, file or anonymous, widens over pages
+    this task touched before (the model kernel's own working set, on by default: up to 64 pages,
+    stopping at resident pages). `tws_cluster=True` sets the kernel's working_set hook to the
+    launch-profile recorder instead: clusters then come from the recorder's pages alone, with no
+    blind read-ahead.
     `cluster="behavior"` replaces the 10.4 rule for file objects by 10.5's behaviour-driven
     vm_object_cluster_size (vmcore.prefetch.behavior_cluster, through `kernel.cluster_hook`).
 """

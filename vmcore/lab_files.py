@@ -178,7 +178,11 @@ class FileSystem:
             raise InvalidArgument(f"file {rel!r} is not a regular file")
         k = self.kernel
         obj = self.by_ino.get(st.st_ino)
+        # the file cache is the object cache of vnode objects (vm_object_enter): vm_stat's
+        # "Object cache: N hits of M lookups" counts its lookups
+        k.stats.lookups += 1
         if obj is not None and obj.alive:
+            k.stats.hits += 1
             if st.st_size < obj.size:  # shrank since: no page may stay past the new end
                 self.drop_past(obj, st.st_size)
             else:
@@ -358,8 +362,8 @@ class FileSystem:
 class FileTask(Task):
     """The lab Kernel's task: Task + file mappings, msync, launch profiles' seeding and score."""
 
-    def __init__(self, kernel, name: str):
-        super().__init__(kernel, name)
+    def __init__(self, kernel, name: str, is64: bool = True):
+        super().__init__(kernel, name, is64=is64)
         self.executable: str | None = None
         self.identity = None
         self.uid: int | None = None
@@ -388,9 +392,9 @@ class FileTask(Task):
         self._sync()
         Task.access(self, addrs, write)
 
-    def vm_wire(self, addr, size) -> None:
+    def vm_wire(self, addr, size, access=None) -> None:
         self._sync()
-        super().vm_wire(addr, size)
+        super().vm_wire(addr, size, access)
 
     # ---- file mappings ----------------------------------------------------------------------------
     def _fs(self) -> FileSystem:

@@ -20,6 +20,14 @@ copy-on-write submap mapping (the shared region's data): reads see the submap's 
 write extracts the submap entry into the task's own map as a private copy-on-write entry
 (vmcore.fault, as vm_map_lookup_locked's cow_sub_map_parent does).
 
+Wiring (vm_map_wire / vm_map_unwire, the Kernel Programming Guide (Memory and Virtual Memory) "Using Mach Memory Maps"): `vm_map_wire(map, start,
+end, access_type, user_wire)` faults in every page of the range for `access_type` (so those
+accesses no longer fault) and wires it; a user wiring (user_wire true, what vm_wire does) counts
+in the entry's user_wired_count, all of them together holding one wiring level, and only a user
+wiring can be undone from user space (`vm_map_unwire(..., user_wire=True)`); a kernel wiring
+(user_wire false: memory about to be used for I/O) adds a level of its own that only a kernel
+unwire removes. Both validate the whole range first and leave nothing wired on failure.
+
 Invariants: entries are sorted, non-overlapping, page aligned, start < end; an entry's object
 offset is page aligned and the entry fits in its object; a submap entry's `object` is a VMMap; a
 nested entry's pmap is a view of its submap's nested pmap at the entry's offset.
@@ -34,8 +42,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vmcore.errors import InvalidAddress, NoSpace
-from vmcore.types import VM_PROT_DEFAULT, Behavior, Inherit
+from vmcore.errors import InvalidAddress, InvalidArgument, NoSpace, ProtectionFailure
+from vmcore.types import (
+    VM_PROT_DEFAULT, VM_PROT_NONE, VM_PROT_WRITE, Behavior, Inherit, prot_str,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmcore.kernel import Kernel
@@ -43,8 +53,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class VMMapEntry:
     __slots__ = ("map", "start", "end", "object", "offset", "protection", "max_protection",
-                 "inheritance", "behavior", "wired_count", "is_submap", "needs_copy", "use_pmap",
-                 "_pmap", "_pmw", "pmv", "pwv", "wired_frames", "last_slot", "run", "tag", "__weakref__")
+                 "inheritance", "behavior", "wired_count", "user_wired_count", "is_submap",
+                 "needs_copy", "use_pmap",
+                 "_pmap", "_pmw", "pmv", "pwv", "wired_frames", "last_slot", "run", "tag",
+                 "tws_obj", "tws_set", "__weakref__")
 
     def __init__(self, vmmap: "VMMap", start: int, end: int, obj, offset: int,
                  protection: int = VM_PROT_DEFAULT, max_protection: int = 7,
@@ -59,7 +71,11 @@ class VMMapEntry:
         self.max_protection = max_protection
         self.inheritance = inheritance
         self.behavior = behavior
+        #: wiring levels applied to the entry's pages: one per kernel wiring (user_wire false)
+        #: plus one for all the user wirings together (as XNU's wired_count)
         self.wired_count = 0
+        #: user wirings (vm_wire, user_wire true), which user space may undo one by one
+        self.user_wired_count = 0
         self.is_submap = is_submap
         self.needs_copy = needs_copy
         self.use_pmap = True
@@ -70,6 +86,9 @@ class VMMapEntry:
         self.last_slot = -2  # deactivate-behind: last faulting slot and run length
         self.run = 0
         self.tag = tag
+        #: the fault path's cache of the working-set page set of (this map's task, tws_obj)
+        self.tws_obj = None
+        self.tws_set = None
 
     # the translation arrays, and memoryview aliases of them (`pmv`, `pwv`: the same memory, for
     # the one-slot-at-a-time fault path, a third of the cost of a numpy scalar access); assigning
@@ -221,6 +240,7 @@ class VMMap:
                            e.max_protection, e.inheritance, e.behavior, e.is_submap,
                            e.needs_copy, e.tag)
         right.wired_count = e.wired_count
+        right.user_wired_count = e.user_wired_count
         right.use_pmap = e.use_pmap
         right.last_slot, right.run = e.last_slot - k, e.run
         right.pmap = e.pmap[k:]
@@ -275,3 +295,139 @@ class VMMap:
         self.clip(kernel, start)
         self.clip(kernel, end)
         return self.entries_in(start, end)
+
+
+# ---- wiring -------------------------------------------------------------------------------------
+
+def _wire_range(vmmap: VMMap, start, end, what: str) -> tuple[int, int]:
+    for v, name in ((start, "start"), (end, "end")):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InvalidArgument(f"{what}: {name} {v!r} is not an integer")
+    ps = vmmap.page_size
+    start, end = start // ps * ps, (end + ps - 1) // ps * ps
+    if start >= end:
+        raise InvalidArgument(f"{what}: empty range {start:#x}-{end:#x}")
+    if start < vmmap.min_address or end > vmmap.max_address:
+        raise InvalidAddress(f"{what}: range {start:#x}-{end:#x} lies outside the address space")
+    return start, end
+
+
+def _drop_level(kernel: "Kernel", e: VMMapEntry) -> None:
+    for f in e.wired_frames.tolist():
+        kernel.frame_unwire(f)
+    e.wired_count -= 1
+    if e.wired_count == 0:
+        e.wired_frames = None
+
+
+def vm_map_wire(vmmap: VMMap, start: int, end: int, access_type: int | None = None,
+                user_wire: bool = False) -> None:
+    """Fault in and wire every page of [start, end) of vmmap (the Kernel Programming Guide (Memory and Virtual Memory): "the argument
+    access_type indicates the types of accesses that should not be allowed to generate a page
+    fault"): the pages are faulted for access_type (a write resolves copy-on-write now, so later
+    writes do not fault) and each entry gets a wiring level. access_type None: read, and write
+    where the entry allows it (what vm_wire does). user_wire: a user wiring (see the module doc).
+    Errors before anything changes: InvalidAddress (a hole), ProtectionFailure (an entry that
+    does not allow access_type, or no access at all), InvalidArgument; ResourceShortage when
+    the pages cannot all be had (then nothing stays wired)."""
+    from vmcore.fault import vm_fault
+
+    task = vmmap.task
+    if task is None:
+        raise InvalidArgument(f"vm_map_wire: map {vmmap.name!r} belongs to no task")
+    k = task.kernel
+    start, end = _wire_range(vmmap, start, end, "vm_map_wire")
+    if access_type is not None and (isinstance(access_type, bool) or not isinstance(access_type, int)
+                                    or not 0 < access_type <= 7):
+        raise InvalidArgument(f"vm_map_wire: access_type {access_type!r} is not a protection")
+    ents = vmmap.check_covered(start, end)
+    for e in ents:
+        if e.protection == VM_PROT_NONE:
+            raise ProtectionFailure(f"cannot wire {e.start:#x}-{e.end:#x}: no access allowed")
+        if access_type is not None and access_type & ~e.protection:
+            raise ProtectionFailure(
+                f"cannot wire {max(e.start, start):#x}-{min(e.end, end):#x} for "
+                f"{prot_str(access_type)}: the region allows {prot_str(e.protection)}")
+    ps = k.page_size
+    done: list[tuple[VMMapEntry, list[int], bool, bool]] = []
+    try:
+        for e in vmmap.clipped_range(k, start, end):
+            if user_wire and e.user_wired_count:
+                e.user_wired_count += 1  # the user level holds the pages already
+                done.append((e, [], False, True))
+                continue
+            if access_type is None:
+                write = bool(e.protection & VM_PROT_WRITE) and not e.is_submap
+                fallback = True
+            else:
+                write = bool(access_type & VM_PROT_WRITE)
+                fallback = False
+            frames: list[int] = []
+            first = e.wired_frames is None
+            done.append((e, frames, first, False))
+            for s_ in range(e.npages):
+                a = e.start + s_ * ps
+                try:
+                    f = vm_fault(k, task, a, write)
+                except ProtectionFailure:
+                    if not fallback or not write:
+                        raise
+                    f = vm_fault(k, task, a, False)
+                k.frame_wire(f)
+                frames.append(f)
+            if first:
+                e.wired_frames = np.array(frames, dtype=np.int32)
+            e.wired_count += 1
+            if user_wire:
+                e.user_wired_count = 1
+    except BaseException:
+        for e, frames, first, counted in done:
+            if counted:
+                e.user_wired_count -= 1
+                continue
+            for f in frames:
+                k.frame_unwire(f)
+            if len(frames) == e.npages:
+                e.wired_count -= 1
+                if user_wire:
+                    e.user_wired_count = 0
+            if e.wired_count == 0:
+                e.wired_frames = None
+        raise
+    # pages wired at a later level must be the ones recorded by the first
+    for e, frames, first, _ in done:
+        if not first:
+            for s_, f in enumerate(frames):
+                w = int(e.wired_frames[s_])
+                if w != f:  # the page was replaced since (cannot happen: wired pages stay)
+                    k.frame_unwire(f)
+                    k.frame_wire(w)
+
+
+def vm_map_unwire(vmmap: VMMap, start: int, end: int, user_wire: bool = False) -> None:
+    """Undo one wiring of every entry of [start, end): a user wiring (user_wire true; the pages
+    stay wired while other user wirings or kernel wirings remain) or a kernel one. the Kernel Programming Guide (Memory and Virtual Memory): "If
+    you set the argument user_wire to TRUE, then the page can be unwired from user space": a
+    range wired by the kernel only cannot be unwired with user_wire true (InvalidArgument), nor
+    can a range no kernel wiring holds be unwired with user_wire false."""
+    task = vmmap.task
+    if task is None:
+        raise InvalidArgument(f"vm_map_unwire: map {vmmap.name!r} belongs to no task")
+    k = task.kernel
+    start, end = _wire_range(vmmap, start, end, "vm_map_unwire")
+    for e in vmmap.check_covered(start, end):
+        a, b = max(e.start, start), min(e.end, end)
+        if user_wire and e.user_wired_count == 0:
+            if e.wired_count:
+                raise InvalidArgument(f"{a:#x}-{b:#x} is wired by the kernel: it cannot be "
+                                      f"unwired from user space")
+            raise InvalidArgument(f"{a:#x}-{b:#x} is not wired")
+        if not user_wire and e.wired_count - (1 if e.user_wired_count else 0) <= 0:
+            raise InvalidArgument(f"{a:#x}-{b:#x} holds no kernel wiring"
+                                  + (" (only user wirings)" if e.user_wired_count else ""))
+    for e in vmmap.clipped_range(k, start, end):
+        if user_wire:
+            e.user_wired_count -= 1
+            if e.user_wired_count:
+                continue
+        _drop_level(k, e)

@@ -4,7 +4,8 @@ Owns: `VMObject` and the object-level operations that need the kernel: `object_d
 (reference drop; at zero: free pages, terminate the pager, drop the shadow), `object_collapse`
 (xnu-792's vm_object_collapse: collapse a backing object with a single reference into its shadower, or bypass it when
 the shadower covers every page that could show through), `object_shadow` (make the shadow object a
-copy-on-write write needs) and `object_page_remove` (free a range of an object nobody else sees).
+copy-on-write write needs), `object_copy_delayed` (vm_copy's copy object) and
+`object_page_remove` (free a range of an object nobody else sees).
 
 Every pager call goes through `VMObject.pager_request` / `pager_return` / `pager_discard` (one
 dispatcher, memory_object.c style), which also checks the pager kept the vmcore.pager contract.
@@ -15,7 +16,9 @@ Fields (the VM object table of "Memory Management in Mac OS X"):
   pager          the memory object (a vmcore.pager.Pager), None until first needed (anonymous
                  objects get one lazily from the kernel's default pager factory at first pageout)
   shadow, shadow_offset   the object this one shadows, and this object's page 0's index in it
-  copy           the object that is a delayed copy of this one (informational in this model)
+  copy           the copy object: the delayed copy of this one made by vm_copy / vm_map_copyin
+                 (object_copy_delayed); it shadows this object, and a write here first pushes
+                 the page's old contents into it (vmcore.fault)
   ref_count      map entries + shadowers + named entries + UPLs holding the object
   internal       anonymous memory (default pager) vs external (a file: vnode pager)
   true_share     shared by a named entry or shared inheritance: copies of it are made eagerly
@@ -183,6 +186,39 @@ def object_shadow(kernel: "Kernel", obj: VMObject, offset_pages: int, npages: in
     return new
 
 
+def object_copy_delayed(kernel: "Kernel", src: VMObject, npages: int | None = None) -> VMObject:
+    """vm_object_copy_delayed: a copy object of src (the copy-on-write half of vm_copy; Memory
+    Management in Mac OS X and the Kernel Programming Guide: "the shadow and copy fields may point to other VM objects").
+
+    The new object shadows src from offset 0 over `npages` pages (the copied range's end; a
+    previous copy object's size if larger) and becomes `src.copy`; src keeps
+    being written in place, and the fault path pushes a page into the copy object before a write
+    changes it there (vmcore.fault, "copy push"), so the copy object always shows src as it was
+    now. Every resident page of src the copy object covers is write-protected in every pmap, so
+    that the next write to each faults and pushes. A previous copy object of src stops receiving pushes and shadows the
+    new one instead (it still sees src's pages as of its own copy through it), the chain XNU's
+    collapse rule "backing is its shadow's copy object" guards (_collapse_blocked).
+    Returns the copy object with one reference, the caller's (XNU: "caller must set needs_copy":
+    whoever maps it maps it needs_copy, so only pushes write it)."""
+    old = src.copy
+    n = src.npages if npages is None else max(1, npages)
+    if old is not None and old.alive and old.shadow is src:
+        n = max(n, old.shadow_offset + old.npages)
+    new = kernel.object_create(n * kernel.page_size, internal=True)
+    if old is not None and old.alive and old.shadow is src:
+        # the old copy object now shadows the new one; its reference moves from src to new
+        new.ref_count += 1
+        set_shadow(old, new, old.shadow_offset)
+        src.ref_count -= 1
+    src.ref_count += 1
+    set_shadow(new, src, 0)
+    src.copy = new
+    for p, f in src.pages.items():
+        if p < n:  # pages past the copy object need no push
+            kernel.pmap_write_protect(f)
+    return new
+
+
 def object_page_remove(kernel: "Kernel", obj: VMObject, start: int, end: int) -> None:
     """Free the resident pages of [start, end) and discard the pager's copies (for a range nobody
     else can see: the caller checked obj.ref_count == 1 and no shadowers)."""
@@ -223,6 +259,9 @@ def object_deallocate(kernel: "Kernel", obj: VMObject | None) -> None:
             obj.existence.clear()
         kernel.objects.pop(obj.id, None)
         backing = obj.shadow
+        if backing is not None and backing.copy is obj:
+            backing.copy = None  # a dead copy object takes no more pushes
+        obj.copy = None
         set_shadow(obj, None, 0)
         obj = backing
 

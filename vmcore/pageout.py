@@ -240,8 +240,10 @@ class PageoutDaemon:
                 hi += 1
                 i += 1
             i += 1
+            # NOBLOCK: a kernel operation cannot wait inside the model (no threads); a page an
+            # open UPL holds busy is its holder's to write back
             upl = UPL(k, obj, lo * ps, (hi - lo) * ps,
-                      UPL_COPYOUT_FROM | UPL_RET_ONLY_DIRTY | UPL_CLEAN_IN_PLACE)
+                      UPL_COPYOUT_FROM | UPL_RET_ONLY_DIRTY | UPL_CLEAN_IN_PLACE | UPL_NOBLOCK)
             try:
                 for first, idxs in upl.runs():
                     bufs = [memoryview(pm.frames[upl.frames[j]]) for j in idxs]

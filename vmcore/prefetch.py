@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from vmcore.errors import InvalidArgument
 from vmcore.pager import PagerResult
-from vmcore.upl import MAX_UPL_TRANSFER, UPL, UPL_RET_ONLY_ABSENT
+from vmcore.upl import MAX_UPL_TRANSFER, UPL, UPL_NO_SYNC, UPL_RET_ONLY_ABSENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from vmcore.kernel import Kernel
@@ -60,7 +60,7 @@ def object_prefetch(k: "Kernel", obj, first: int, npages: int, reserve: int | No
             floor = (k.free_target if reserve is None else reserve) + n
             if len(k.pm.free) < floor:
                 break
-        upl = UPL(k, obj, pos * ps, n * ps, UPL_RET_ONLY_ABSENT, _grab_exempt=True)
+        upl = UPL(k, obj, pos * ps, n * ps, UPL_RET_ONLY_ABSENT | UPL_NO_SYNC, _grab_exempt=True)
         try:
             for start, idxs in upl.runs():
                 bufs = [memoryview(k.pm.frames[upl.frames[i]]) for i in idxs]

@@ -7,8 +7,9 @@ step: what happened, a vmmap-style region listing per task and the vm_stat delta
 `run_scenario_command(args)` for `vmcore scenario NAME [--step] [--json]` / `vmcore scenario
 --list`, and `main(argv)` for `python -m vmcore.scenario ...`.
 
-Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure (see
-`--list`). Each builds its own small kernel, so runs are deterministic (ManualClock, no real I/O).
+Scenarios: fork-cow, pageout, shadow-collapse, named-entry, shared-region, wired-pressure,
+address-space-32, map-copy (see `--list`). Each builds its own small kernel, so runs are deterministic
+(ManualClock, no real I/O).
 
 Region listing (vmmap's report format 2.4 columns):
   REGION TYPE    START-END  [ VSIZE  RSDNT  DIRTY   SWAP] PRT/MAX SHRMOD DETAIL
@@ -412,6 +413,101 @@ def wired_pressure(n: Narrator) -> None:
     k.close()
 
 
+def map_copy(n: Narrator) -> None:
+    from vmcore.kernel import Kernel
+    from vmcore.kmem import kernel_map, kmem_alloc, kmem_read
+    from vmcore.map_copy import vm_map_copy_discard, vm_map_copy_overwrite, vm_map_copyin
+
+    k = Kernel(memory="2MiB")
+    n.start(k)
+    t = k.task_create("client")
+    a = t.vm_allocate(4 * PS)
+    t.write(a, b"request from user space")
+    t.write(a + 3 * PS, b"last page")
+    n.step("a user task fills 4 pages", "Anonymous memory of the client: one object.", [t])
+    copy = vm_map_copyin(t.map, a, 4 * PS)
+    src = t.map.lookup(a).object
+    n.step("vm_map_copyin from the task's map",
+           "No byte moves: the copy list holds a copy object that shadows the client's object,\n"
+           "and the client's object names it in its copy field (Memory Management in Mac OS X: \"the shadow and copy\n"
+           "fields may point to other VM objects\"); the client's translations lose write\n"
+           "permission.", [t],
+           {"copy list": repr(copy), "source object": src.id,
+            "its copy object": src.copy.id if src.copy is not None else None,
+            "copy object shadows": src.copy.shadow.id if src.copy is not None else None})
+    t.write(a, b"REQUEST")
+    n.step("the client writes after the copyin",
+           "The write faults: the page's old contents are pushed into the copy object first\n"
+           "(Copy-object pushes), so the copy still holds the bytes of the copyin.", [t],
+           {"client reads": t.read(a, 7).decode()})
+    km = kernel_map(k)
+    buf = kmem_alloc(km, 4 * PS)
+    vm_map_copy_overwrite(km, buf, copy)
+    n.step("vm_map_copy_overwrite into the kernel map",
+           "kmem_alloc wired a kernel buffer; the overwrite copies the copy list's bytes into it\n"
+           "(a kernel_map entry maps the one kernel_object, so its pages are overwritten, not\n"
+           "replaced) and consumes the copy.", [t],
+           {"kernel reads": kmem_read(km, buf, 23).decode(),
+            "kernel reads page 3": kmem_read(km, buf + 3 * PS, 9).decode(),
+            "copy consumed": not copy.alive})
+    refs = src.ref_count
+    bad = vm_map_copyin(t.map, a, 2 * PS)
+    held = src.ref_count
+    vm_map_copy_discard(bad)
+    n.step("vm_map_copy_discard",
+           "A second copyin that is not wanted after all: vm_map_copy_discard drops its\n"
+           "references (the Kernel Programming Guide (Memory and Virtual Memory): \"If something goes wrong and you need to throw away this\n"
+           "intermediate object, it should be freed with vm_map_copy_discard\").", [t],
+           {"source refs before / with copy / after discard": f"{refs} / {held} / {src.ref_count}",
+            "live copies": len(k.map_copies)})
+    k.close()
+
+
+def address_space_32(n: Narrator) -> None:
+    from vmcore.errors import NoSpace
+    from vmcore.kernel import Kernel
+
+    gib = 1 << 30
+    k = Kernel(memory="1MiB")
+    n.start(k)
+    t = k.task_create("app32", is64=False)
+    n.step("a 32-bit task",
+           "task_create(is64=False): the task's map ends at 4 GiB (Memory Management in Mac OS X: a 32-bit process's\n"
+           "address space \"can grow dynamically up to a limit of four gigabytes\").", [t],
+           {"map": f"{t.map.min_address:#x}-{t.map.max_address:#x}"})
+    regions = [t.vm_allocate(gib) for _ in range(3)]
+    n.step("three 1 GiB allocations",
+           "vm_allocate finds space first fit; nothing is resident (the address space is sparse:\n"
+           "reserving it costs no page).", [t],
+           {"addresses": [hex(a) for a in regions]})
+    try:
+        t.vm_allocate(gib)
+        refused = "no"
+    except NoSpace as e:
+        refused = str(e)
+    last = t.vm_allocate(t.map.max_address - (regions[-1] + gib))
+    n.step("a fourth 1 GiB allocation is refused",
+           "Only 4 GiB - 3 GiB - the unmapped first page is left: the fourth vm_allocate fails\n"
+           "(KERN_NO_SPACE); what is left still fits, and after it not one more page.", [t],
+           {"fourth 1 GiB": refused, "rest": f"{last:#x}-{t.map.max_address:#x}"})
+    t.write(regions[0], b"first")
+    t.write(t.map.max_address - 4, b"last")
+    n.step("touch the first and the last page",
+           "Two zero-fill faults: the whole 4 GiB space is usable, up to its last byte.", [t],
+           {"last bytes": t.read(t.map.max_address - 4, 4).decode()})
+    t.vm_deallocate(regions[1], gib)
+    again = t.vm_allocate(gib // 2)
+    n.step("free 1 GiB in the middle and allocate 512 MiB",
+           "vm_deallocate gives the range back; first fit reuses the hole.", [t],
+           {"new region at": hex(again)})
+    t64 = k.task_create("app64")
+    big = [t64.vm_allocate(gib) for _ in range(6)]
+    n.step("a 64-bit task maps 6 GiB",
+           "The same requests in a 64-bit task go past 4 GiB (its map ends at 2^47 in the model).",
+           [t64], {"highest end": hex(big[-1] + gib)})
+    k.close()
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Narrator], None]]] = {
     "fork-cow": ("fork with copy inheritance; pages copied only when written", fork_cow),
     "pageout": ("twice memory's worth of writes: the pageout daemon, pageins", pageout),
@@ -422,6 +518,8 @@ SCENARIOS: dict[str, tuple[str, Callable[[Narrator], None]]] = {
                       shared_region),
     "wired-pressure": ("wired cost of kernel resources, kmem, lazy reclaim, device memory",
                        wired_pressure),
+    "address-space-32": ("a 32-bit task runs out of its 4 GiB address space", address_space_32),
+    "map-copy": ("vm_map_copyin from a task, overwrite into the kernel map, discard", map_copy),
 }
 
 

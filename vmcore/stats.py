@@ -25,7 +25,7 @@ class VMStats:
                  "hard_faults", "soft_faults", "pageout_failures", "cluster_pageins",
                  "pagein_requests", "pageout_requests", "deactivations", "scans", "evictions",
                  "collapses", "bypasses", "lookups", "hits", "clean_frees", "deactivate_behind",
-                 "submap_copies")
+                 "submap_copies", "copy_pushes")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -56,6 +56,7 @@ class VMStats:
             "Object cache lookups": self.lookups,
             "Object cache hits": self.hits,
             "Submap copies": self.submap_copies,
+            "Copy-object pushes": self.copy_pushes,
         }
 
 

@@ -1,9 +1,10 @@
 """Tasks: an address space (VMMap) and the Mach VM calls on it, plus the vectorised access path.
 
-Owns: `Task` with vm_allocate, vm_deallocate, vm_protect, vm_inherit, vm_behavior_set, vm_wire,
-vm_unwire, vm_read, vm_write, read, write, vm_copy, vm_map (a named entry), vm_map_object (an
-object or pager, e.g. a file), fork, vm_region, regions, terminate, and `access(addrs, write)`, the
-batch access used by trace replay; and `Region`, one vm_region record.
+Owns: `Task` with vm_allocate, vm_deallocate, vm_protect, vm_inherit, vm_behavior_set, vm_wire
+and vm_unwire (user wirings: vmcore.map.vm_map_wire), vm_read, vm_write, read, write, vm_copy
+(vmcore.map_copy), vm_map (a named entry), vm_map_object (an object or pager, e.g. a file), fork,
+vm_region, regions, terminate, and `access(addrs, write)`, the batch access used by trace replay;
+and `Region`, one vm_region record.
 
 Every call validates its whole range before changing anything (holes -> InvalidAddress, rights ->
 ProtectionFailure, bad sizes or alignment -> InvalidArgument, overlaps -> NoSpace), so a failed
@@ -39,12 +40,12 @@ import numpy as np
 
 from vmcore.errors import InvalidAddress, InvalidArgument, NoSpace, ProtectionFailure, VMError
 from vmcore.fault import object_copy_slowly, resolve_entry, vm_fault, zero_fill_fast
-from vmcore.map import VMMap, VMMapEntry
+from vmcore.map import VMMap, VMMapEntry, vm_map_unwire, vm_map_wire
 from vmcore.object import object_deallocate, object_page_remove
 from vmcore.pager import Pager, PagerKind
 from vmcore.types import (
     SM_COW, SM_EMPTY, SM_PRIVATE, SM_PRIVATE_ALIASED, SM_SHARED, SM_SHARED_ALIASED, VM_PROT_ALL,
-    VM_PROT_DEFAULT, VM_PROT_NONE, VM_PROT_READ, VM_PROT_WRITE, Behavior, Inherit, format_size,
+    VM_PROT_DEFAULT, VM_PROT_READ, VM_PROT_WRITE, Behavior, Inherit, format_size,
     parse_prot, parse_size, prot_str,
 )
 
@@ -100,14 +101,17 @@ def _as_int(v, what: str) -> int:
 
 
 class Task:
-    def __init__(self, kernel, name: str):
-        from vmcore.kernel import USER_MAX_ADDRESS, USER_MIN_ADDRESS
+    def __init__(self, kernel, name: str, is64: bool = True):
+        from vmcore.kernel import USER32_MAX_ADDRESS, USER_MAX_ADDRESS, USER_MIN_ADDRESS
 
         self.kernel = kernel
         self.name = name
         self.id = kernel._next_task
         kernel._next_task += 1
-        self.map = VMMap(kernel.page_size, USER_MIN_ADDRESS, USER_MAX_ADDRESS, name=name)
+        #: a 64-bit task, or a 32-bit one whose address space ends at 4 GiB (Memory Management in Mac OS X)
+        self.is64 = bool(is64)
+        self.map = VMMap(kernel.page_size, USER_MIN_ADDRESS,
+                         USER_MAX_ADDRESS if self.is64 else USER32_MAX_ADDRESS, name=name)
         self.map.task = self
         self.created_at = kernel.clock.now()
         self.alive = True
@@ -199,7 +203,7 @@ class Task:
                 if f >= 0:
                     for _ in range(e.wired_count):
                         k.frame_unwire(f)
-            e.wired_count = 0
+            e.wired_count = e.user_wired_count = 0
             e.wired_frames = None
         if not e.nested:  # a nested entry's translations belong to the submap (pmap_unnest)
             k.pmap_remove_range(e)
@@ -262,68 +266,20 @@ class Task:
             e.last_slot = -2
 
     # ---- wiring ---------------------------------------------------------------------------------
-    def vm_wire(self, addr, size) -> None:
-        """Fault in and wire every page of the range (it then survives any memory pressure)."""
+    def vm_wire(self, addr, size, access=None) -> None:
+        """Fault in and wire every page of the range (it then survives any memory pressure): a
+        user wiring (vm_map_wire with user_wire true). `access` (protection bits or "rw"-style):
+        the accesses that must not fault from now on; None: read, and write where allowed."""
         self._alive()
         start, end = self._page_range(addr, size)
-        ents = self.map.check_covered(start, end)
-        for e in ents:
-            if e.protection == VM_PROT_NONE:
-                raise ProtectionFailure(f"cannot wire {e.start:#x}-{e.end:#x}: no access allowed")
-        k = self.kernel
-        ps = k.page_size
-        done: list[tuple[VMMapEntry, list[int], bool]] = []
-        try:
-            for e in self.map.clipped_range(k, start, end):
-                write = bool(e.protection & VM_PROT_WRITE)
-                if e.is_submap:
-                    write = False
-                frames: list[int] = []
-                first = e.wired_frames is None
-                done.append((e, frames, first))
-                for s in range(e.npages):
-                    a = e.start + s * ps
-                    try:
-                        f = vm_fault(k, self, a, write)
-                    except ProtectionFailure:
-                        f = vm_fault(k, self, a, False)
-                    k.frame_wire(f)
-                    frames.append(f)
-                if first:
-                    e.wired_frames = np.array(frames, dtype=np.int32)
-                e.wired_count += 1
-        except BaseException:
-            for e, frames, first in done:
-                for f in frames:
-                    k.frame_unwire(f)
-                if len(frames) == e.npages:
-                    e.wired_count -= 1
-                if e.wired_count == 0:
-                    e.wired_frames = None
-            raise
-        # pages wired at a later level must be the ones recorded by the first
-        for e, frames, first in done:
-            if not first:
-                for s, f in enumerate(frames):
-                    w = int(e.wired_frames[s])
-                    if w != f:  # the page was replaced since (cannot happen: wired pages stay)
-                        k.frame_unwire(f)
-                        k.frame_wire(w)
+        vm_map_wire(self.map, start, end, None if access is None else parse_prot(access),
+                    user_wire=True)
 
     def vm_unwire(self, addr, size) -> None:
+        """Undo one vm_wire of the range (vm_map_unwire with user_wire true)."""
         self._alive()
         start, end = self._page_range(addr, size)
-        ents = self.map.check_covered(start, end)
-        for e in ents:
-            if e.wired_count == 0:
-                raise InvalidArgument(f"{max(e.start, start):#x}-{min(e.end, end):#x} is not wired")
-        k = self.kernel
-        for e in self.map.clipped_range(k, start, end):
-            for f in e.wired_frames.tolist():
-                k.frame_unwire(f)
-            e.wired_count -= 1
-            if e.wired_count == 0:
-                e.wired_frames = None
+        vm_map_unwire(self.map, start, end, user_wire=True)
 
     # ---- byte access ------------------------------------------------------------------------------
     def _check_access(self, addr: int, n: int, write: bool) -> None:
@@ -416,15 +372,28 @@ class Task:
         self.write(addr, data)
 
     def vm_copy(self, src, size, dst) -> None:
-        """Copy size bytes from src to dst within this task (dst must be mapped and writable)."""
+        """Copy size bytes from src to dst within this task (dst must be mapped and writable):
+        vm_map_copyin + vm_map_copy_overwrite (vmcore.map_copy). Page-aligned copies share the
+        pages copy-on-write (the source object gets a copy object, Memory Management in Mac OS X and the Kernel Programming Guide); others
+        move bytes."""
+        from vmcore.map_copy import vm_map_copy_discard, vm_map_copy_overwrite, vm_map_copyin
+
         self._alive()
         src = _as_int(src, "source address")
         dst = _as_int(dst, "destination address")
         size = self._size(size)
         self._check_access(src, size, False)
         self._check_access(dst, size, True)
-        data = self.read(src, size)
-        self.write(dst, data)
+        ps = self.kernel.page_size
+        if src % ps or dst % ps or size % ps:
+            data = self.read(src, size)
+            self.write(dst, data)
+            return
+        copy = vm_map_copyin(self.map, src, size)
+        try:
+            vm_map_copy_overwrite(self.map, dst, copy)
+        finally:
+            vm_map_copy_discard(copy)
 
     # ---- vectorised access (trace replay) ---------------------------------------------------------
     def access(self, addrs, write=False) -> None:
@@ -634,7 +603,8 @@ class Task:
 
     def vm_map_object(self, obj_or_pager, offset=0, size=None, prot="rw", copy: bool = False,
                       address=None, max_prot=None, inheritance=None, tag: str = "") -> int:
-        """Map a VM object, or a pager (a new object is made for it), e.g. a file's vnode pager.
+        """Map a VM object, or a pager (its object from the kernel's object cache, made on first
+        use: Kernel.vm_object_enter), e.g. a file's vnode pager.
         copy=True makes a private copy-on-write mapping over the object."""
         self._alive()
         k = self.kernel
@@ -642,9 +612,10 @@ class Task:
         if isinstance(obj_or_pager, Pager):
             psize = obj_or_pager.size()
             osize = psize if psize is not None else (size or 0) + _as_int(offset, "offset")
-            obj = k.object_create(max(osize, ps), pager=obj_or_pager,
-                                  internal=obj_or_pager.kind == PagerKind.DEFAULT)
-            fresh = True
+            # the object cache: a pager already mapped keeps its one VM object
+            obj, _ = k.vm_object_enter(obj_or_pager, max(osize, ps),
+                                       internal=obj_or_pager.kind == PagerKind.DEFAULT)
+            fresh = True  # this call holds a reference of its own (dropped on error)
         elif hasattr(obj_or_pager, "pages") and hasattr(obj_or_pager, "shadow"):
             obj = obj_or_pager
             if not obj.alive:
@@ -700,7 +671,7 @@ class Task:
         """A child task whose address space follows each entry's inheritance."""
         self._alive()
         k = self.kernel
-        child = type(self)(k, name or f"{self.name}-child")
+        child = type(self)(k, name or f"{self.name}-child", is64=self.is64)
         child.parent = self
         cm = child.map
         for e in list(self.map.entries):
@@ -746,6 +717,8 @@ class Task:
             self._entry_delete(e, free_pages=e.object in private)
         self.alive = False
         self.kernel.tasks.pop(self.id, None)
+        if self.kernel.tws is not None:
+            self.kernel.tws.forget(self)
         if self.kernel.wired_acct is not None:
             self.kernel.wired_acct.sync()  # a fall is reclaimed lazily (vmcore.wired)
 

@@ -12,6 +12,8 @@ Owns (the model side of launch profiles; no file I/O here, swapd.profiles stores
     checksummed on-disk format of docs/app_profile-format.md (pure bytes, so vnodefs' real-program
     profiles (vnodefs.seeding) and swapd's store share one codec). Limits: `MAX_ENTRIES`, `MAX_FILES`,
     `MAX_PATH_BYTES`, `MAX_APP_BYTES`, `MAX_PROFILE_BYTES`.
+  * `TaskWorkingSets`: the kernel's per-task record of faulted pages (on by default under the mach
+    policy), which the fault path's cluster rule asks which adjacent pages to bring in.
   * `WorkingSetRecorder`: an event sink for vmcore.kernel.Kernel (a callable taking a
     vmcore.types.FaultEvent). For each task it was told to record (`start`), it keeps the faults
     from the task's creation within the launch window (default 45 s of task time, model time from
@@ -783,6 +785,55 @@ class WorkingSetRecorder:
         """Has `task` faulted on page pidx of obj (by object id) since it was created?"""
         s = self._touched.get(task)
         return s is not None and (obj.id, pidx) in s
+
+
+class TaskWorkingSets:
+    """The working set detection subsystem's live half, on by default under the mach policy
+    (the Kernel Programming Guide (Working Set Detection Subsystem): it "is called on a VM fault; it keeps a profile of the fault behavior of each task
+    from the time of its inception. In addition, just before a page request, the fault code asks
+    this subsystem which adjacent pages should be brought in ... This occurs for all pagers").
+
+    For each task, the pages it has faulted on, by VM object: `insert(task, obj, pidx)` from
+    every vm_fault, `contains(task, obj, pidx)` / `touched(task, obj)` for the cluster rule of
+    vmcore.fault (xnu-792: beyond the blind pre-heat, a page joins a pagein cluster
+    only if this task touched it, or the page one further out, before). `forget(task)` at
+    terminate. XNU's TWS is a bounded hash of 32-page lines that recycles old ones; this one keeps
+    every page a task touched until it terminates (one set entry per page)."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, dict[int, set]] = {}
+
+    def insert(self, task, obj_id: int, pidx: int) -> None:
+        d = self._tasks.get(task.id)
+        if d is None:
+            d = self._tasks[task.id] = {}
+        s = d.get(obj_id)
+        if s is None:
+            d[obj_id] = {pidx}
+        else:
+            s.add(pidx)
+
+    def touched(self, task, obj) -> set:
+        """The pages of obj this task faulted on (an empty set if none; do not modify)."""
+        d = self._tasks.get(task.id)
+        if d is None:
+            return _EMPTY
+        return d.get(obj.id, _EMPTY)
+
+    def contains(self, task, obj, pidx: int) -> bool:
+        return pidx in self.touched(task, obj)
+
+    def forget(self, task) -> None:
+        self._tasks.pop(task.id, None)
+
+    def pages(self, task) -> int:
+        """How many pages the task's working set holds."""
+        return sum(len(s) for s in self._tasks.get(task.id, {}).values())
+
+
+_EMPTY: frozenset = frozenset()
 
 
 def _window(w) -> float:

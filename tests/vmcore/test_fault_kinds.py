@@ -103,3 +103,35 @@ def test_clock_is_model_time():
     b = t2.vm_allocate(PS)
     t2.read(b, 1)
     assert mc.now() == 100.0  # an injected clock is never advanced by the model
+
+
+def test_hard_fault_puts_the_page_on_the_active_list():
+    """Memory Management in Mac OS X, "Paging Virtual Memory In": "For hard faults, the VM object's pager finds the page
+    in the backing store or from the file-mapped file, depending on the type of pager. After making
+    the appropriate adjustments to the map information, the pager moves the page into physical
+    memory and places the page on the active list."
+
+    300 pages written, paged out, then read back once each: every read-back is a hard fault whose
+    page is active, and the pageout scan never counts one of them as reactivated."""
+    from vmcore.resident import ACTIVE
+
+    k = Kernel(memory="4MiB")
+    t = k.task_create("t")
+    n = 300
+    a = t.vm_allocate(n * PS)
+    for i in range(n):
+        t.write(a + i * PS, i.to_bytes(4, "little"))
+    k.pageout()
+    e = t.map.lookup(a)
+    assert not (e.pmap >= 0).any()  # every page is out
+    before = k.vm_stat()
+    for i in range(n):
+        assert int.from_bytes(t.read(a + i * PS, 4), "little") == i
+        f = int(e.pmap[i])
+        assert k.pm.queue[f] == ACTIVE, f"page {i} went to queue {k.pm.queue[f]}"
+    k.pageout_step()
+    after = k.vm_stat()
+    assert after["Hard faults"] - before["Hard faults"] >= 1
+    assert after["Pageins"] - before["Pageins"] == n  # each page came in (hard or clustered)
+    assert after["Pages reactivated"] == before["Pages reactivated"]
+    invariants.check(k)

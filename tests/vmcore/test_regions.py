@@ -45,3 +45,35 @@ def test_vm_stat_keys_and_format():
     assert text[5].startswith('"Translation faults":')
     assert text[-1].startswith("Object cache:")
     assert len(text) == 12
+
+
+def test_object_cache_lookups_and_hits():
+    """Kernel Programming Guide, "Mac OS X VM Overview": "Implicitly, each VM object is associated with a given
+    pager through its memory object." Mapping a pager looks its VM object up in the object cache
+    (XNU's vm_object_enter): the second mapping of one pager is a hit and shares the first's
+    object; vm_stat's last line counts the lookups and hits (xnu.md 4.3, 8.1)."""
+    from vmcore.testing import MemoryPager
+
+    k = Kernel(memory="1MiB")
+    t = k.task_create("t")
+    u = k.task_create("u")
+    pager = MemoryPager(4 * PS)
+    a = t.vm_map_object(pager, size=4 * PS)
+    t.write(a, b"one object")
+    b = u.vm_map_object(pager, size=4 * PS)
+    assert t.map.lookup(a).object is u.map.lookup(b).object
+    assert u.read(b, 10) == b"one object"
+    other = t.vm_map_object(MemoryPager(4 * PS), size=4 * PS)
+    assert t.map.lookup(other).object is not t.map.lookup(a).object
+    st = k.vm_stat()
+    assert (st["Object cache lookups"], st["Object cache hits"]) == (3, 1)
+    assert k.format_vm_stat().splitlines()[-1] == "Object cache: 1 hits of 3 lookups (33% hit rate)"
+    # once every mapping is gone the object dies and the next lookup misses
+    t.vm_deallocate(a, 4 * PS)
+    u.vm_deallocate(b, 4 * PS)
+    c = u.vm_map_object(pager, size=4 * PS)
+    assert u.map.lookup(c).object.alive
+    assert k.vm_stat()["Object cache hits"] == 1 and k.vm_stat()["Object cache lookups"] == 4
+    from vmcore import invariants
+
+    invariants.check(k)

@@ -17,12 +17,12 @@ from vmcore.scenario import (
 )
 
 NAMES = ["fork-cow", "pageout", "shadow-collapse", "named-entry", "shared-region",
-         "wired-pressure"]
+         "wired-pressure", "address-space-32", "map-copy"]
 REGION_KEYS = {"type", "start", "end", "vsize", "resident", "dirty", "swapped", "protection",
                "max_protection", "share_mode", "detail"}
 
 
-def test_the_six_scenarios_exist():
+def test_the_scenarios_exist():
     assert list(SCENARIOS) == NAMES
 
 
@@ -115,3 +115,37 @@ def test_python_dash_m_runs():
     r = subprocess.run([sys.executable, "-m", "vmcore.scenario", "bogus"], capture_output=True,
                        text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and "bogus" in r.stderr
+
+
+def test_address_space_32_scenario_runs_out_at_four_gigabytes():
+    """Memory Management in Mac OS X: "For 32-bit processes, each process has an address space that can grow
+    dynamically up to a limit of four gigabytes." The scenario's fourth 1 GiB request is refused,
+    the rest of the 4 GiB is still mapped, and its last byte is usable."""
+    rec = run_scenario("address-space-32", out=io.StringIO())
+    steps = rec["steps"]
+    assert steps[0]["notes"]["map"] == "0x1000-0x100000000"
+    assert "NO_SPACE" in steps[2]["notes"]["fourth 1 GiB"]
+    assert steps[2]["notes"]["rest"].endswith("-0x100000000")
+    assert steps[3]["notes"]["last bytes"] == "last"
+    assert steps[3]["vm_stat_delta"]["Pages zero filled"] == 2
+    assert max(r["end"] for r in steps[2]["tasks"]["app32"]) == 1 << 32
+    assert int(steps[5]["notes"]["highest end"], 16) > 1 << 32
+
+
+def test_map_copy_scenario_copies_in_overwrites_the_kernel_and_discards():
+    """Kernel Programming Guide, Memory and Virtual Memory: "In order to actually get the data from the copy list, you need to overwrite a
+    memory object in the kernel's address space with vm_map_copy_overwrite." The scenario's
+    copyin sets the copy field, the kernel reads the bytes as they were at the copyin, and the
+    discarded copy leaves no reference behind."""
+    rec = run_scenario("map-copy", out=io.StringIO())
+    steps = rec["steps"]
+    assert steps[1]["notes"]["its copy object"] is not None
+    assert steps[1]["notes"]["copy object shadows"] == steps[1]["notes"]["source object"]
+    assert steps[2]["vm_stat_delta"]["Copy-object pushes"] == 1
+    assert steps[2]["notes"]["client reads"] == "REQUEST"
+    assert steps[3]["notes"]["kernel reads"] == "request from user space"
+    assert steps[3]["notes"]["kernel reads page 3"] == "last page"
+    assert steps[3]["notes"]["copy consumed"] is True
+    before, held, after = steps[4]["notes"]["source refs before / with copy / after discard"].split(" / ")
+    assert int(held) == int(before) + 1 and after == before
+    assert steps[4]["notes"]["live copies"] == 0

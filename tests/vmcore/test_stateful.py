@@ -342,6 +342,25 @@ class VMStateMachine(RuleBasedStateMachine):
             a += c
 
     @rule(data=st.data())
+    def vm_copy_pages(self, data):
+        """A page-aligned vm_copy: copy-on-write through a copy object (vmcore.map_copy), which
+        must read exactly like a byte copy whatever the other rules do to either side later."""
+        t, m = self._pick_task(data)
+        src, n = self._pick_range(data, m, 4)
+        dst, _ = self._pick_range(data, m, 4)
+        exp = self._expect(m, src, n, R) or self._expect(m, dst, n, W)
+        if exp is not None:
+            try:
+                t.vm_copy(src, n * PS, dst)
+            except exp:
+                return
+            raise AssertionError(f"vm_copy should raise {exp.__name__}")
+        payload = [bytes(m[src + i * PS][0]) for i in range(n)]
+        t.vm_copy(src, n * PS, dst)
+        for i in range(n):
+            m[dst + i * PS][0][:] = payload[i]
+
+    @rule(data=st.data())
     def named_entry(self, data):
         """make_memory_entry over (part of) one map entry of a task, vm_map it into another."""
         t, m = self._pick_task(data)
