@@ -113,33 +113,43 @@ class TraceStream:
         mm = np.memmap(self.path, dtype=dt, mode="r", offset=self._start, shape=(self.records,))
         try:
             for s in range(0, self.records, self.chunk_records):
-                raw = np.array(mm[s:s + self.chunk_records])
-                self.read_records = min(s + self.chunk_records, self.records)
-                yield raw if self.version >= 2 else upgrade_v1(raw)
+                raw = mm[s:s + self.chunk_records]
+                yield raw if self.version >= 2 else upgrade_v1(np.array(raw))
         finally:
             del mm
 
     def __iter__(self):
-        """Chunks of request records (RECORD_DTYPE) in start-time order (see the module docstring)."""
+        """Chunks of request records (RECORD_DTYPE) in start-time order (see the module docstring).
+        A chunk may be a read-only view of the memory map: copy what must outlive the next one."""
         carry = np.zeros(0, RECORD_DTYPE)
         last_t = None
         limit = 4 * self.chunk_records
         raws = self._raw()
         pending = next(raws, None)
+        done = 0
         while pending is not None:
             nxt = next(raws, None)
             is_path = pending["op"] == OP_PATH
             if is_path.any():
-                self._path_chunks.append(pending[is_path].copy())
+                self._path_chunks.append(np.array(pending[is_path]))
                 self.files = _file_table(np.concatenate(self._path_chunks).view(PATH_DTYPE))
-            reqs = pending[~is_path]
-            buf = np.concatenate([carry, reqs]) if carry.size else reqs
-            buf = buf[np.argsort(buf["start_ns"], kind="stable")]
-            if nxt is None or buf.size > limit or not reqs.size:
-                cut = buf.size if (nxt is None or buf.size > limit) else 0
+                reqs = pending[~is_path]
             else:
-                cut = int(np.searchsorted(buf["start_ns"], int(reqs["start_ns"].min()), side="left"))
-            out, carry = buf[:cut], buf[cut:]
+                reqs = pending
+            buf = np.concatenate([carry, reqs]) if carry.size else reqs
+            st = buf["start_ns"]
+            if st.size > 1 and not bool((st[1:] >= st[:-1]).all()):
+                buf = buf[np.argsort(st, kind="stable")]
+                st = buf["start_ns"]
+            if nxt is None or buf.size > limit:
+                cut = buf.size
+            else:
+                nst = nxt["start_ns"][nxt["op"] != OP_PATH]
+                cut = int(np.searchsorted(st, int(nst.min()), side="left")) if nst.size else buf.size
+            out = buf[:cut]
+            carry = np.array(buf[cut:]) if cut < buf.size else carry[:0]
+            done += pending.size
+            self.read_records = done
             if out.size:
                 if last_t is not None:
                     self.late_records += int(np.count_nonzero(out["start_ns"] < last_t))
@@ -147,8 +157,6 @@ class TraceStream:
                 self.chunks += 1
                 yield out
             pending = nxt
-        if carry.size:  # pragma: no cover - the last round emits everything
-            yield carry
 
     def trace_of(self, recs: np.ndarray) -> Trace:
         """A Trace object over one chunk of records (for Trace.expand_pages and friends)."""
@@ -166,12 +174,14 @@ def chunk_keys(recs: np.ndarray, ops=DEFAULT_OPS, page_size: int = 4096) -> np.n
     """The 64-bit page keys (file << 40 | page) of the accesses of a chunk of records, in order:
     exactly page_keys(Trace.expand_pages(ops, page_size)) without building the page rows."""
     codes = np.array([OPS[o] for o in ops], dtype=np.uint8)
-    r = recs[np.isin(recs["op"], codes)]
+    mask = np.isin(recs["op"], codes)
+    r = recs if mask.all() else recs[mask]
     n = np.where(r["result"] >= 0, r["length"], 0).astype(np.int64)
     rw = np.isin(r["op"], np.array([OPS["read"], OPS["write"]], dtype=np.uint8))
     n = np.where(rw & (r["result"] >= 0), np.minimum(r["result"], r["length"]), n)
     keep = n > 0
-    r, n = r[keep], n[keep]
+    if not keep.all():
+        r, n = r[keep], n[keep]
     if not r.size:
         return np.zeros(0, np.int64)
     ps = int(page_size)
@@ -199,15 +209,18 @@ _G = np.uint64(0x9E3779B97F4A7C15)
 def spatial_hash(keys: np.ndarray) -> np.ndarray:
     """splitmix64 of each key's 64 bits, top HASH_BITS bits: a uniform value in [0, HASH_SPACE)
     that depends on the key only (every access to a key gets the same value)."""
-    z = np.asarray(keys).astype(np.uint64)
+    z = np.asarray(keys, dtype=np.int64).astype(np.uint64)  # a copy: worked on in place
+    tmp = np.empty_like(z)
     with np.errstate(over="ignore"):
         z += _G
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return (z >> np.uint64(64 - HASH_BITS)).astype(np.int64)
+        for shift, mul in ((30, _M1), (27, _M2)):
+            np.right_shift(z, np.uint64(shift), out=tmp)
+            z ^= tmp
+            z *= mul
+        np.right_shift(z, np.uint64(31), out=tmp)
+        z ^= tmp
+    z >>= np.uint64(64 - HASH_BITS)
+    return z.view(np.int64)
 
 
 def rate_threshold(rate: float) -> int:
@@ -354,7 +367,8 @@ def analyze_stream(path, ops=DEFAULT_OPS, page_size: int | None = None, rate: fl
         T = new_t
 
     for recs in ts:
-        sel = recs[np.isin(recs["op"], codes)]
+        mask = np.isin(recs["op"], codes)
+        sel = recs if mask.all() else recs[mask]
         requests += int(sel.size)
         if sel.size:
             nbytes += int((_ends(sel) - sel["offset"]).clip(min=0).sum())
