@@ -1,6 +1,6 @@
 """Streaming (chunked) reading of vnodefs traces and sampled miss-ratio curves (SHARDS).
 
-Owns: `iter_chunks(path, ...)` (a trace read through a memory map in chunks of records, in
+Owns: `iter_chunks(path, ...)` (a trace read in chunks of records, in
 start-time order, with its file table), `chunk_keys` (the page keys of a chunk of records, the
 same sequence as `Trace.expand_pages` + `locality.page_keys`), `spatial_hash` / `sample_mask`
 (the SHARDS key filter), `StackStream` (LRU stack distances computed chunk by chunk, state bounded
@@ -8,7 +8,8 @@ by the number of distinct keys it tracks), `analyze_stream(path, ...) -> dict` (
 histogram of a trace of any length, exact or sampled), `format_stream_report`, `mrc_error` (mean /
 max absolute error of a miss-ratio curve against another).
 
-Chunked reading: the records are read from a read-only np.memmap, `chunk_records` at a time. The
+Chunked reading: the records are read `chunk_records` at a time into a chunk-sized numpy array
+(np.fromfile; a memory map would keep every page it read in the resident set). The
 writer stores records in completion order and `load` sorts them by start time; the stream sorts
 within a reorder window instead: the records read so far are emitted in start order up to the
 smallest start time of the newest chunk, the rest are held back for the next round. A request
@@ -107,20 +108,23 @@ class TraceStream:
         self.read_records = 0
 
     def _raw(self):
+        """The records, `chunk_records` at a time, read into one chunk-sized array each (not a
+        memory map: the pages of a map that was read stay in the process's resident set)."""
         if self.records == 0:
             return
         dt = RECORD_DTYPE if self.version >= 2 else RECORD_DTYPE_V1
-        mm = np.memmap(self.path, dtype=dt, mode="r", offset=self._start, shape=(self.records,))
-        try:
-            for s in range(0, self.records, self.chunk_records):
-                raw = mm[s:s + self.chunk_records]
-                yield raw if self.version >= 2 else upgrade_v1(np.array(raw))
-        finally:
-            del mm
+        with open(self.path, "rb") as fh:
+            fh.seek(self._start)
+            left = self.records
+            while left > 0:
+                raw = np.fromfile(fh, dtype=dt, count=min(self.chunk_records, left))
+                if raw.size == 0:  # the file shrank under us
+                    return
+                left -= raw.size
+                yield raw if self.version >= 2 else upgrade_v1(raw)
 
     def __iter__(self):
-        """Chunks of request records (RECORD_DTYPE) in start-time order (see the module docstring).
-        A chunk may be a read-only view of the memory map: copy what must outlive the next one."""
+        """Chunks of request records (RECORD_DTYPE) in start-time order (see the module docstring)."""
         carry = np.zeros(0, RECORD_DTYPE)
         last_t = None
         limit = 4 * self.chunk_records
