@@ -18,7 +18,10 @@ Where the cells run:
     `dask scheduler` and `dask worker ADDRESS`, or by dask-jobqueue on a batch system); every
     worker must be able to import vmcore and read the trace files at the paths given;
   * `--scheduler local`: a dask.distributed LocalCluster of --jobs worker processes (one thread
-    each), started for the sweep and closed after it.
+    each; forked from this process where fork exists, so they start in a fraction of a second),
+    started for the sweep and closed after it.
+Cells are submitted longest first (smallest memory, largest trace file), so the last ones to
+finish are short.
 Dask does the scheduling, the retries of a killed worker's cells (its `allowed-failures`, and
 `--retries` per cell), and the data movement; this module only submits cells and collects rows.
 On the local pool a worker that dies (BrokenProcessPool) makes its unfinished cells run again in
@@ -160,7 +163,15 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
 
     cluster = None
     if address == "local":
-        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        import multiprocessing as mp
+
+        import dask
+
+        # workers forked from this process start in a fraction of a second with vmcore imported
+        # (spawned ones take seconds); where fork is missing, dask's default
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
         client = Client(address, timeout=5)
@@ -190,10 +201,22 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
             cluster.close()
 
 
+def _longest_first(cells) -> list[Cell]:
+    """The cells in the order to submit them: the likely longest first (the smallest memory: most
+    misses; the largest trace file), so no long cell is left alone at the end of a sweep."""
+    def size(c: Cell) -> int:
+        try:
+            return os.path.getsize(c.trace)
+        except OSError:
+            return 0
+
+    return sorted(cells, key=lambda c: (c.memory, -size(c)))
+
+
 def sweep(cells, jobs: int = 1, scheduler: str | None = None, retries: int = 1):
     """Run `cells`; yields (cell, row) as each finishes (any order). jobs=1 without a scheduler:
     in this process; jobs>1: a process pool; scheduler: Dask (an address, or "local")."""
-    cells = list(cells)
+    cells = _longest_first(cells)
     if not cells:
         return
     if scheduler:

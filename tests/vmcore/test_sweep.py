@@ -121,6 +121,18 @@ def test_a_killed_dask_worker_loses_no_cell(serial):
     assert got == ref
 
 
+def test_cli_scheduler_local_gives_the_serial_numbers(serial, traces):
+    cells, ref = serial
+    p = subprocess.run([sys.executable, "-m", "vmcore", "sweep", *traces, "--memory", "1MiB,2MiB", "--policy",
+                        ",".join(POLICIES), "--scheduler", "local", "--jobs", "2", "--json"],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["where"] == "Dask LocalCluster" and rep["ran"] == 24
+    got = {Cell(r["trace"], r["memory"], r["policy"]): strip(r) for r in rep["cells"]}
+    assert got == ref
+
+
 def test_a_killed_pool_worker_loses_no_cell(serial):
     import psutil
 
