@@ -136,7 +136,15 @@ def _run_pool(cells, jobs: int, retries: int):
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    import threading
+
+    # fork is the cheapest start (the workers inherit vmcore imported), but only safe while this
+    # process runs no other thread (a Dask client's loop, say): else forkserver / the default
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        ctx = mp.get_context("fork")
+    else:
+        ctx = mp.get_context("forkserver") if "forkserver" in methods else None
     todo = list(cells)
     tries = {c: 0 for c in todo}
     while todo:

@@ -139,12 +139,24 @@ def test_a_killed_pool_worker_loses_no_cell(serial):
     cells, ref = serial
     got = {}
     killed = False
+    me = psutil.Process()
+
+    def pool_workers():
+        """Forked workers (our children, our command line) or forkserver ones (its children)."""
+        out = []
+        for k in me.children(recursive=True):
+            cl = k.cmdline()
+            if (k.ppid() == me.pid and cl == me.cmdline()) or \
+                    (k.ppid() != me.pid and "forkserver" in " ".join(cl)):
+                out.append(k.pid)
+        return out
+
     for c, r in sweep(cells, jobs=2, retries=2):
         got[c] = strip(r)
         if not killed:
-            kids = psutil.Process().children()
-            assert kids
-            os.kill(kids[0].pid, signal.SIGKILL)
+            workers = pool_workers()
+            assert workers
+            os.kill(workers[0], signal.SIGKILL)
             killed = True
     assert got == ref
 
