@@ -178,7 +178,12 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
         # workers forked from this process start in a fraction of a second with vmcore imported
         # (spawned ones take seconds); where fork is missing, dask's default
         method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with dask.config.set({"distributed.worker.multiprocessing-method": method} if method else {}):
+        # the workers' statistical profiler samples the running cell's stack every 10 ms, which
+        # costs a replay (much Python per access) about a third of its speed: off for our cluster
+        conf = {"distributed.worker.profile.enabled": False}
+        if method:
+            conf["distributed.worker.multiprocessing-method"] = method
+        with dask.config.set(conf):
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     else:
