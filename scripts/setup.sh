@@ -28,4 +28,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+# the parquet export (pyarrow) and the sweeps' Dask cluster (dask.distributed) must import
+.venv/bin/python -c 'import pyarrow.parquet, dask.distributed' \
+    || { echo "setup: pyarrow or dask.distributed did not install" >&2; exit 1; }
 echo "setup: ready (.venv)" >&2

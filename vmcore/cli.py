@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scenario_parser(sub)
     _add_experiment(sub)
+    from vmcore.experiment_sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 

@@ -44,6 +44,8 @@ from vnodefs.locality import DEFAULT_OPS, add_common_trace_options, load_for_com
 from vnodefs.trace import OP_NAMES, OPS, PAGES_DTYPE, Trace
 
 FORMATS = ("csv", "libcachesim")
+#: every --format: the text formats above and parquet (vnodefs.export_parquet, needs a file)
+ALL_FORMATS = FORMATS + ("parquet",)
 CSV_HEADER = "t_ns,pid,op,file,path,page"
 LIBCACHESIM_HEADER = "time,obj_id,obj_size"
 LIBCACHESIM_OPTIONS = "time-col=1, obj-id-col=2, obj-size-col=3, obj-id-is-num=true, delimiter=,, has-header=true"
@@ -59,15 +61,19 @@ def _quote(field: str) -> str:
     return buf.getvalue()[:-2]
 
 
-def export(trace: Trace, out, fmt: str = "csv", ops=DEFAULT_OPS, page_size: int | None = None) -> int:
+def export(trace: Trace, out, fmt: str = "csv", ops=DEFAULT_OPS, page_size: int | None = None, *,
+           header: bool = True, t0_ns: int | None = None) -> int:
     """Write the page-split trace to the text stream `out` in `fmt` ("csv" or "libcachesim");
-    returns the number of rows written (header excluded)."""
+    returns the number of rows written (header excluded). `header=False` leaves the header line
+    out and `t0_ns` sets libcachesim's time origin (default: the first access), so a trace can be
+    exported one chunk at a time (export_file)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     ps = int(page_size or trace.page_size)
     pages = trace.expand_pages(ops, page_size=ps)
     if fmt == "csv":
-        out.write(CSV_HEADER + "\n")
+        if header:
+            out.write(CSV_HEADER + "\n")
         paths = {f: _quote(trace.files.get(f, "")) for f in np.unique(pages["file"]).tolist()}
         names = {c: OP_NAMES.get(c, str(c)) for c in np.unique(pages["op"]).tolist()}
         for s in range(0, pages.size, CHUNK):
@@ -77,9 +83,10 @@ def export(trace: Trace, out, fmt: str = "csv", ops=DEFAULT_OPS, page_size: int 
                        map(paths.__getitem__, f), p["page"].tolist())
             out.write("".join(map("%d,%d,%s,%d,%s,%d\n".__mod__, rows)))
     else:
-        out.write(LIBCACHESIM_HEADER + "\n")
+        if header:
+            out.write(LIBCACHESIM_HEADER + "\n")
         keys = page_keys(pages)
-        t0 = int(pages["t_ns"][0]) if pages.size else 0
+        t0 = t0_ns if t0_ns is not None else (int(pages["t_ns"][0]) if pages.size else 0)
         for s in range(0, pages.size, CHUNK):
             rel = pages["t_ns"][s:s + CHUNK].astype(np.int64) - t0
             sec, ns = np.divmod(rel, 1_000_000_000)
@@ -143,8 +150,12 @@ DESCRIPTION = ("Write the page-split trace (one row per page each request touche
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_trace_options(p)
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="csv (t_ns,pid,op,file,path,page) or libcachesim (time,obj_id,obj_size)")
+    p.add_argument("--format", required=True, choices=ALL_FORMATS,
+                   help="csv (t_ns,pid,op,file,path,page), libcachesim (time,obj_id,obj_size) or parquet "
+                        "(columns t_ns,pid,op,file,path,page,obj_id; needs -o FILE; for pandas, polars, DuckDB)")
+    from vnodefs.export_parquet import add_chunk_option
+
+    add_chunk_option(p)
     p.add_argument("-o", "--output", metavar="FILE", default="-",
                    help="write to FILE (written to a temporary name and renamed when complete; default: stdout)")
     p.set_defaults(func=run_export)
@@ -166,19 +177,23 @@ def run_export(args) -> int:
         if not os.path.isdir(d) or not os.access(d, os.W_OK) or os.path.isdir(out_path):
             print(f"vnodefs export: cannot write output file {out_path}", file=sys.stderr)
             return 2
-    tr, status = load_for_command("export", args.trace)
+    from vnodefs.export_parquet import export_file, open_for_command, run_export_parquet
+
+    if args.format == "parquet":
+        return run_export_parquet(args, out_path)
+    tr, status = open_for_command("export", args.trace, args.chunk_records)
     if tr is None:
         return status
     try:
         if out_path is None:
-            n = export(tr, sys.stdout, args.format, ops=args.ops, page_size=args.page_size)
+            n = export_file(tr, sys.stdout, args.format, ops=args.ops, page_size=args.page_size)
             sys.stdout.flush()
         else:
             tmp = os.path.join(os.path.dirname(os.path.abspath(out_path)),
                                f".{os.path.basename(out_path)}.tmp-{os.getpid()}")
             try:
                 with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-                    n = export(tr, fh, args.format, ops=args.ops, page_size=args.page_size)
+                    n = export_file(tr, fh, args.format, ops=args.ops, page_size=args.page_size)
                 os.replace(tmp, out_path)
             finally:
                 if os.path.exists(tmp):

@@ -710,6 +710,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "W(t, tau), seek-distance histogram, run lengths, offset over time per file")
     p.add_argument("--tau", type=_taus_arg, default=None, metavar="S[,S...]",
                    help="working-set window lengths in seconds (default: 1%%, 10%% and 50%% of the trace's span)")
+    from vnodefs.stream import add_stream_options
+
+    add_stream_options(p)
     p.set_defaults(func=run_locality)
     return p
 
@@ -747,6 +750,10 @@ def run_locality(args) -> int:
     """Run `vnodefs locality` for parsed args; returns the exit status."""
     import os
 
+    from vnodefs.stream import run_locality_stream, wants_stream
+
+    if wants_stream(args):
+        return run_locality_stream(args)
     if args.plot:
         from vnodefs.plots import plot_format
 

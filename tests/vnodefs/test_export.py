@@ -99,7 +99,8 @@ def test_help_states_the_libcachesim_command():
 @pytest.mark.parametrize("args,msg", [
     (["x.txt", "--format", "csv"], "not a vnodefs trace"),
     (["missing.vtrace", "--format", "csv"], "does not exist"),
-    (["t.vtrace", "--format", "parquet"], "invalid choice"),
+    (["t.vtrace", "--format", "xlsx"], "invalid choice"),
+    (["t.vtrace", "--format", "parquet"], "give -o FILE"),
     (["t.vtrace", "--format", "csv", "-o", "nodir/out.csv"], "cannot write"),
     (["t.vtrace", "--format", "csv", "--ops", "nope"], "unknown op"),
 ])
