@@ -75,6 +75,10 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "names and attributes: every lookup and getattr reaches vnodefs, and a change made "
                    "in SOURCE behind the mount is seen at once (by default the kernel answers them "
                    "from its cache for up to 1 s; changes made through the mount are always seen at once)")
+    p.add_argument("--metadata-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long the kernel may answer lookups and attributes from its cache "
+                   "(default 1; 0 is --strict-metadata): the bound on how stale a change made in SOURCE "
+                   "behind the mount may look")
     p.add_argument("--trace-metadata", action="store_true", help="also record the metadata requests that "
                    "reach vnodefs (getattr: lookups and stats; readdir, opendir, readlink), to study a "
                    "launch's metadata I/O; with the kernel's caches on only their misses arrive (add "
@@ -233,7 +237,7 @@ def _trace_arg(args, kind: str) -> tuple[str | None, str | None]:
 
 
 def cmd_mount(args) -> int:
-    from vnodefs.mount import MountError, check_allow_other, mount, serve, validate
+    from vnodefs.mount import MountError, check_allow_other, check_metadata_timeout, mount, serve, validate
 
     try:
         trace, note = _trace_arg(args, os.path.basename(os.path.abspath(args.mountpoint)) or "mount")
@@ -247,9 +251,11 @@ def cmd_mount(args) -> int:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
                       "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
                       "xattr": args.xattr, "layout": args.layout, "allow_other": args.allow_other,
-                      "strict_metadata": args.strict_metadata, "trace_metadata": args.trace_metadata}
+                      "strict_metadata": args.strict_metadata, "trace_metadata": args.trace_metadata,
+                      "metadata_timeout": args.metadata_timeout}
             if args.allow_other:
                 check_allow_other()
+            check_metadata_timeout(args.metadata_timeout)
 
             def ready(msg):
                 print(f"vnodefs: mounted {args.source} on {args.mountpoint} (foreground; Ctrl-C or "
@@ -258,7 +264,8 @@ def cmd_mount(args) -> int:
             return serve(config, ready=ready)
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
                   read_only=args.read_only, xattr=args.xattr, layout=args.layout, allow_other=args.allow_other,
-                  strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata)
+                  strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata,
+                  metadata_timeout=args.metadata_timeout)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
@@ -311,7 +318,7 @@ def cmd_run(args, command: list[str]) -> int:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
                                       read_only=args.read_only, xattr=args.xattr, layout=args.layout,
                                       allow_other=args.allow_other, strict_metadata=args.strict_metadata,
-                                      trace_metadata=args.trace_metadata)
+                                      trace_metadata=args.trace_metadata, metadata_timeout=args.metadata_timeout)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127
@@ -340,6 +347,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
                                      read_only=args.read_only, xattr=args.xattr, allow_other=args.allow_other,
                                      strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata,
+                                     metadata_timeout=args.metadata_timeout,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
                                      drop_cache=not args.no_drop_cache, layout=args.layout,
                                      log=lambda m: print(m, file=sys.stderr, flush=True))

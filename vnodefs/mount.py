@@ -176,13 +176,19 @@ def _remove_quietly(path: str) -> None:
 
 # ---- input validation ---------------------------------------------------------------------------
 
-def check_allow_other() -> None:
-    """Raise MountError unless FUSE lets this user mount with allow_other (root, or
-    `user_allow_other` in /etc/fuse.conf)."""
-    if os.geteuid() == 0:
+def check_metadata_timeout(seconds) -> None:
+    """Raise MountError unless `seconds` is None or a number of seconds from 0 to 3600."""
+    if seconds is not None and not (0 <= float(seconds) <= 3600):
+        raise MountError(f"--metadata-timeout {seconds}: give seconds from 0 to 3600")
+
+
+def check_allow_other(euid: int | None = None, conf: str = "/etc/fuse.conf") -> None:
+    """Raise MountError unless FUSE lets this user (`euid`, default this process's) mount with
+    allow_other: root, or anyone when `conf` has the line user_allow_other."""
+    if (os.geteuid() if euid is None else euid) == 0:
         return
     try:
-        with open("/etc/fuse.conf") as fh:
+        with open(conf) as fh:
             if any(line.split("#")[0].strip() == "user_allow_other" for line in fh):
                 return
     except OSError:
@@ -275,15 +281,18 @@ class Mount:
 def mount(source: str, mountpoint: str, trace: str | None = None, latency: str | None = "none",
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
           extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
-          strict_metadata: bool = False, trace_metadata: bool = False) -> Mount:
+          strict_metadata: bool = False, trace_metadata: bool = False,
+          metadata_timeout: float | None = None) -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
     `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
     from (vnodefs.layout); `allow_other` lets every user use the mount (the host's modes decide
     what each may do); `strict_metadata` turns the kernel's name and attribute caches off (every
     lookup and getattr reaches vnodefs; changes made in SOURCE behind the mount are seen at once);
-    `trace_metadata` also records the metadata requests that reach vnodefs (getattr, readdir,
+    `metadata_timeout` (seconds) sets how long instead (default
+    vnodefs.fuseops.METADATA_TIMEOUT); `trace_metadata` also records the metadata requests that reach vnodefs (getattr, readdir,
     opendir, readlink). Raises MountError (one line); on failure nothing stays mounted."""
     validate(source, mountpoint, trace, latency, cache, layout)
+    check_metadata_timeout(metadata_timeout)
     if allow_other:
         check_allow_other()
     mnt = os.path.realpath(mountpoint)
@@ -291,7 +300,8 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
               "trace": os.path.abspath(trace) if trace else None, "cache": cache,
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
               "layout": layout, "allow_other": bool(allow_other), "strict_metadata": bool(strict_metadata),
-              "trace_metadata": bool(trace_metadata), **(extra or {})}
+              "trace_metadata": bool(trace_metadata), "metadata_timeout": metadata_timeout,
+              **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -432,7 +442,8 @@ def umount(mountpoint: str, timeout: float = 30.0, proc: subprocess.Popen | None
 def mounted(source: str, trace: str | None = None, latency: str | None = "none", cache: str = "page",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
             extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
-            strict_metadata: bool = False, trace_metadata: bool = False):
+            strict_metadata: bool = False, trace_metadata: bool = False,
+            metadata_timeout: float | None = None):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -443,7 +454,8 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
     try:
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
                   xattr=xattr, extra=extra, layout=layout, allow_other=allow_other,
-                  strict_metadata=strict_metadata, trace_metadata=trace_metadata)
+                  strict_metadata=strict_metadata, trace_metadata=trace_metadata,
+                  metadata_timeout=metadata_timeout)
         try:
             yield m
         finally:
@@ -500,7 +512,8 @@ def serve(config: dict, ready=None) -> int:
     spec = parse_latency(config.get("latency"))
     fsconf = FsConfig(source=config["source"], cache=config["cache"], read_only=config.get("read_only", False),
                       xattr=bool(config.get("xattr")), latency=spec,
-                      metadata_timeout=0.0 if config.get("strict_metadata") else METADATA_TIMEOUT)
+                      metadata_timeout=0.0 if config.get("strict_metadata") else
+                      METADATA_TIMEOUT if config.get("metadata_timeout") is None else float(config["metadata_timeout"]))
     _keep_request_buffers()
     try:
         writer = TraceWriter(config.get("trace"))

@@ -57,7 +57,8 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
                 cache: str = "page", read_only: bool = False, xattr: bool = False, env: dict | None = None,
                 log=lambda msg: None, extra: dict | None = None, on_start=None, after_exit=None,
                 command_mask=None, layout: str = "auto", allow_other: bool = False,
-                strict_metadata: bool = False, trace_metadata: bool = False) -> tuple[int, dict]:
+                strict_metadata: bool = False, trace_metadata: bool = False,
+                metadata_timeout: float | None = None) -> tuple[int, dict]:
     """Run `command` against a fresh mount of `source`; return (exit status, summary dict).
     Raises MountError for bad input or a failed mount (nothing is left mounted).
 
@@ -79,7 +80,7 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
     t0_ns = t1_ns = 0
     with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only, xattr=xattr,
                  extra=extra, layout=layout, allow_other=allow_other, strict_metadata=strict_metadata,
-                 trace_metadata=trace_metadata) as m:
+                 trace_metadata=trace_metadata, metadata_timeout=metadata_timeout) as m:
         mnt = m.mountpoint
         argv = substitute(command, mnt)
         child_env = dict(os.environ if env is None else env)

@@ -64,7 +64,8 @@ from vnodefs.locality import (DEFAULT_OPS, FILE_SHIFT, PAGE_MASK, UNITS, _count_
                               _prev_next, log2_bins, stack_distances)
 from vnodefs.summary import _size
 from vnodefs.trace import (OP_PATH, OPS, PATH_DTYPE, RECORD_DTYPE, RECORD_DTYPE_V1, RECORD_SIZE,
-                           RECORD_SIZE_V1, _PREFIX, Trace, _file_table, read_header, upgrade_v1)
+                           RECORD_SIZE_V1, _PREFIX, Trace, _file_table, check_records, read_header,
+                           upgrade_v1)
 
 #: records read per chunk (96 bytes each: 24 MiB of records)
 CHUNK_RECORDS = 1 << 18
@@ -120,8 +121,12 @@ class TraceStream:
                 raw = np.fromfile(fh, dtype=dt, count=min(self.chunk_records, left))
                 if raw.size == 0:  # the file shrank under us
                     return
+                raw = raw if self.version >= 2 else upgrade_v1(raw)
+                # the one validation every reader gets (a damaged trace is refused, naming its record)
+                check_records(raw, self.path, self._start, self.rsize, self.version, self.header,
+                              first_index=self.records - left)
                 left -= raw.size
-                yield raw if self.version >= 2 else upgrade_v1(raw)
+                yield raw
 
     def __iter__(self):
         """Chunks of request records (RECORD_DTYPE) in start-time order (see the module docstring)."""

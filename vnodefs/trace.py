@@ -490,14 +490,15 @@ _AFTER_START_NS = 366 * 86_400 * 10**9
 
 
 def check_records(raw: np.ndarray, path: str, start: int, rsize: int, version: int,
-                  header: dict | None = None) -> None:
+                  header: dict | None = None, first_index: int = 0) -> None:
     """ValueError naming the first damaged record of `raw` (file order, RECORD_DTYPE layout; a
     version-1 trace already upgraded) and what is wrong with it, or None. The one validation every
     reader gets (load calls it): reserved fields and bits that MUST be 0 are 0; times, offsets,
     lengths and pids are non-negative; a read, write or prefetch moved no more than it asked for and
     asked for no more than FUSE can; a result is a byte count or -errno; file-table chunks are
     consistent. Records with an op code unknown to this version are checked only for the rules that
-    hold for every record, and kept."""
+    hold for every record, and kept. `first_index`: the file-order index of raw[0] (a chunk of a
+    streamed trace), so the record named is counted from the start of the file."""
     if raw.size == 0:
         return
     op = raw["op"]
@@ -560,6 +561,7 @@ def check_records(raw: np.ndarray, path: str, start: int, rsize: int, version: i
     code = int(op[first])
     name = "file-table chunk" if code == OP_PATH else f"{OP_NAMES.get(code, f'op {code}')} record"
     more = f"; {nbad} damaged records in all" if nbad > 1 else ""
+    first += first_index
     raise ValueError(f"{path}: damaged vnodefs trace: record {first} (byte {start + first * rsize}, a {name}) "
                      f"has {' and '.join(why)}{more}")
 
