@@ -169,7 +169,7 @@ def _run_pool(cells, jobs: int, retries: int):
 def _run_dask(cells, address: str, jobs: int, retries: int):
     from distributed import Client, LocalCluster, as_completed
 
-    cluster = None
+    cluster = scratch = None
     if address == "local":
         import multiprocessing as mp
 
@@ -181,10 +181,16 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
         # the workers' statistical profiler samples the running cell's stack every 10 ms, which
         # costs a replay (much Python per access) about a third of its speed: off for our cluster
         conf = {"distributed.worker.profile.enabled": False}
+        import tempfile
+
+        # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
+        scratch = tempfile.mkdtemp(prefix="vmcore-sweep-dask-")
+        conf["temporary-directory"] = scratch
         if method:
             conf["distributed.worker.multiprocessing-method"] = method
         with dask.config.set(conf):
-            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   local_directory=scratch)
         client = Client(cluster)
     else:
         client = Client(address, timeout=5)
@@ -212,6 +218,10 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
         client.close()
         if cluster is not None:
             cluster.close()
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _longest_first(cells) -> list[Cell]:

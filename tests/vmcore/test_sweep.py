@@ -91,11 +91,14 @@ def test_local_pool_gives_the_serial_numbers(serial):
     assert got == ref
 
 
-def test_dask_local_cluster_gives_the_serial_numbers(serial):
+def test_dask_local_cluster_gives_the_serial_numbers(serial, tmp_path):
+    import dask
     from distributed import LocalCluster
 
     cells, ref = serial
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with dask.config.set({"temporary-directory": str(tmp_path)}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                         local_directory=str(tmp_path)) as cluster:
         got = {c: strip(r) for c, r in sweep(cells, scheduler=cluster.scheduler_address)}
     assert got == ref
 
@@ -106,11 +109,14 @@ def _dask_worker_pids() -> list[int]:
     return [p.pid for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
 
 
-def test_a_killed_dask_worker_loses_no_cell(serial):
+def test_a_killed_dask_worker_loses_no_cell(serial, tmp_path):
+    import dask
     from distributed import LocalCluster
 
     cells, ref = serial
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with dask.config.set({"temporary-directory": str(tmp_path)}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                         local_directory=str(tmp_path)) as cluster:
         pids = _dask_worker_pids()
         assert len(pids) == 2
         got = {}
