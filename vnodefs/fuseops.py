@@ -720,6 +720,17 @@ def _neg_errno(e: OSError) -> int:
     return -e.errno if isinstance(e.errno, int) and e.errno > 0 else -errno.EIO
 
 
+def _call(func, args) -> int:
+    """func(*args) as libfuse wants its answer: 0 / a count, or -errno (EIO, logged, for a bug)."""
+    try:
+        return func(*args) or 0
+    except OSError as e:
+        return _neg_errno(e)
+    except Exception:
+        log.exception("vnodefs: %s raised; returning EIO", func.__name__)
+        return -errno.EIO
+
+
 class VnodeFUSE(mfusepy.FUSE):
     """mfusepy.FUSE with vnodefs' dispatcher. Construct with (ops, mountpoint, device=, layout=,
     **options): `device` a vnodefs.devqueue.Device (None: no device model), `layout` the
@@ -821,13 +832,7 @@ class VnodeFUSE(mfusepy.FUSE):
 
     def _traced(self, op, func, args):
         if self._plain:
-            try:
-                return func(*args) or 0
-            except OSError as e:
-                return _neg_errno(e)
-            except Exception:
-                log.exception("vnodefs: %s raised; returning EIO", func.__name__)
-                return -errno.EIO
+            return _call(func, args)
         ctx = _tls.ctx  # libfuse's per-thread context struct: its address is fixed per thread
         pid, uid = ctx.pid, ctx.uid
         t0 = _mono()
@@ -845,13 +850,7 @@ class VnodeFUSE(mfusepy.FUSE):
                 offset = args[1]
             elif op == _FALLOC:  # a fallocate record carries its mode (FALLOC_FL_*) in flags
                 flags, offset, length = args[1] & 0xFF, args[2], args[3]
-        try:
-            result = func(*args) or 0
-        except OSError as e:
-            result = _neg_errno(e)
-        except Exception:
-            log.exception("vnodefs: %s raised; returning EIO", func.__name__)
-            result = -errno.EIO
+        result = _call(func, args)
         if op == _OPEN or op == _CREATE:
             fip = args[-1]
             fid = self.fid_of_fd.get(fip.contents.fh, 0) if result == 0 else \
@@ -873,13 +872,7 @@ class VnodeFUSE(mfusepy.FUSE):
         for a handle's request), result 0 or -errno; nothing else is charged."""
         ctx = _tls.ctx
         t0 = _mono()
-        try:
-            result = func(*args) or 0
-        except OSError as e:
-            result = _neg_errno(e)
-        except Exception:
-            log.exception("vnodefs: %s raised; returning EIO", func.__name__)
-            result = -errno.EIO
+        result = _call(func, args)
         fid = self.trace.file_id(args[0].decode(self.encoding, self.errors)) if args[0] is not None else 0
         self._append(self._pack(t0, _mono() - t0, 0, 0, 0, result, ctx.pid, ctx.uid, fid, op, 0, 0,
                                 -1, -1, 0, 0, 0, 0, 0))
