@@ -389,24 +389,24 @@ def _csv_list(what: str):
     return parse
 
 
-def _jobs(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--jobs takes a positive integer, not {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--jobs takes a positive integer, not {s!r}")
-    return v
+def _int_option(what: str, least: int):
+    """An argparse type: an integer of at least `least` for option `what`."""
+    kind = "a positive integer" if least == 1 else f"an integer >= {least}"
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} takes {kind}, not {s!r}") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"{what} takes {kind}, not {s!r}")
+        return v
+
+    return parse
 
 
-def _retries(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--retries takes an integer >= 0, not {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--retries takes an integer >= 0, not {s!r}")
-    return v
+_jobs = _int_option("--jobs", 1)
+_retries = _int_option("--retries", 0)
 
 
 def add_sweep_parser(sub) -> None:

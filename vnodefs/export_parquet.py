@@ -43,17 +43,11 @@ def add_chunk_option(p) -> None:
 def open_for_command(cmd: str, path: str, chunk_records: int = CHUNK_RECORDS):
     """(TraceStream, None) or (None, exit status) after one clear line on stderr; a truncated
     trace is a one-line warning."""
-    try:
-        ts = TraceStream(path, chunk_records)
-    except FileNotFoundError:
-        print(f"vnodefs {cmd}: trace file {path} does not exist", file=sys.stderr)
-        return None, 2
-    except ValueError as e:
-        print(f"vnodefs {cmd}: {e}", file=sys.stderr)
-        return None, 2
-    except OSError as e:
-        print(f"vnodefs {cmd}: cannot read {path}: {e.strerror}", file=sys.stderr)
-        return None, 2
+    from vnodefs.locality import load_for_command
+
+    ts, status = load_for_command(cmd, path, lambda p: TraceStream(p, chunk_records))
+    if ts is None:
+        return None, status
     if ts.truncated:
         print(f"vnodefs {cmd}: warning: {path}: trace is truncated (a crash?): exporting {ts.records} whole "
               f"records, dropped a partial record of {ts.tail_bytes} bytes", file=sys.stderr)

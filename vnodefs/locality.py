@@ -725,13 +725,13 @@ def add_locality_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(p)
 
 
-def load_for_command(cmd: str, path: str):
-    """load(path) for a command: (trace, None) or (None, exit status) after one clear line on
-    stderr; warnings (a truncated trace) are printed as one line each."""
+def load_for_command(cmd: str, path: str, opener=load):
+    """opener(path) (default load) for a command: (trace, None) or (None, exit status) after one
+    clear line on stderr; warnings (a truncated trace) are printed as one line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            tr = load(path)
+            tr = opener(path)
         except FileNotFoundError:
             print(f"vnodefs {cmd}: trace file {path} does not exist", file=sys.stderr)
             return None, 2
