@@ -273,6 +273,27 @@ class Passthrough(mfusepy.Operations):
         finally:
             os.close(d)
 
+    def _do2(self, fn, a: str, b: str, **kwargs):
+        """fn(relative a, relative b, src_dir_fd=, dst_dir_fd=, **kwargs): _do for the calls that
+        take two mount paths (rename, link)."""
+        opened = []
+        try:
+            fds, names = [], []
+            for p in (a, b):
+                rel = p[1:]
+                if len(rel) < _LONG_PATH:
+                    fds.append(self.rootfd)
+                    names.append(rel)
+                else:
+                    d, name = self._walk(rel)
+                    opened.append(d)
+                    fds.append(d)
+                    names.append(name)
+            return fn(names[0], names[1], src_dir_fd=fds[0], dst_dir_fd=fds[1], **kwargs)
+        finally:
+            for d in opened:
+                os.close(d)
+
     def _walk(self, rel: str):
         """(an fd of the directory holding `rel`'s last component, that component): the caller
         closes the fd."""
@@ -420,24 +441,10 @@ class Passthrough(mfusepy.Operations):
         ev = self.events
         if ev is not None:  # a file renamed over loses its name (reported as removed)
             st = self._lstat_or_none(new)
-        d_old, n_old = self._walk(old[1:]) if len(old) > _LONG_PATH else (None, old[1:])
-        d_new, n_new = self._walk(new[1:]) if len(new) > _LONG_PATH else (None, new[1:])
-        try:
-            fd_old = self.rootfd if d_old is None else d_old
-            fd_new = self.rootfd if d_new is None else d_new
-            if flags:
-                if self._renameat2 is None:
-                    self._renameat2 = _libc().renameat2
-                rc = self._renameat2(fd_old, os.fsencode(n_old), fd_new, os.fsencode(n_new), ctypes.c_uint(flags))
-                if rc != 0:
-                    e = ctypes.get_errno()
-                    raise OSError(e, os.strerror(e))
-            else:
-                os.rename(n_old, n_new, src_dir_fd=fd_old, dst_dir_fd=fd_new)
-        finally:
-            for d in (d_old, d_new):
-                if d is not None:
-                    os.close(d)
+        if flags:
+            self._do2(self._renameat2_flags, old, new, flags=flags)
+        else:
+            self._do2(os.rename, old, new)
         self.trace.forget_path(old)
         self.trace.forget_path(new)
         self.links.renamed(old, new)
@@ -448,17 +455,16 @@ class Passthrough(mfusepy.Operations):
                 ev.removed(st.st_ino, new)
         return 0
 
+    def _renameat2_flags(self, old, new, src_dir_fd, dst_dir_fd, flags):
+        if self._renameat2 is None:
+            self._renameat2 = _libc().renameat2
+        if self._renameat2(src_dir_fd, os.fsencode(old), dst_dir_fd, os.fsencode(new), ctypes.c_uint(flags)) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
     def link(self, target, source):
         """Create the hard link `target` to the existing `source` (both mount paths)."""
-        d_src, n_src = self._walk(source[1:]) if len(source) > _LONG_PATH else (None, source[1:])
-        d_dst, n_dst = self._walk(target[1:]) if len(target) > _LONG_PATH else (None, target[1:])
-        try:
-            os.link(n_src, n_dst, src_dir_fd=self.rootfd if d_src is None else d_src,
-                    dst_dir_fd=self.rootfd if d_dst is None else d_dst, follow_symlinks=False)
-        finally:
-            for d in (d_src, d_dst):
-                if d is not None:
-                    os.close(d)
+        self._do2(os.link, source, target, follow_symlinks=False)
         st = self.lstat(target)
         if stat.S_ISREG(st.st_mode):
             self.links.seen(st.st_ino, source)
@@ -489,7 +495,7 @@ class Passthrough(mfusepy.Operations):
             finally:
                 os.close(fd)
         if ev is not None and length < st.st_size:
-            ev.setsize(st.st_ino, length, path or self.path_of_fd.get(fh.fh, "") if fh is not None else path or "")
+            ev.setsize(st.st_ino, length, path or (self.path_of_fd.get(fh.fh, "") if fh is not None else ""))
         if fh is not None:
             self.links.wrote(fh.fh)
         elif path:
