@@ -20,6 +20,11 @@ Prints the median of --reps runs (default 5) of each measurement and the ratio v
                   mount mounted first, half second); prints the median of the pair
                   ratios (on/off time - 1) with their quartiles, and the daemons' CPU time per
                   random read (psutil)
+  seq-write, wb   the same with --writeback-cache (the kernel caches the writes and sends them at
+                  flush time)
+  programs        then the rows of scripts/bench_metadata.py, per-operation costs of real programs:
+                  small files (open+read+close), stat, failed lookups, grep -r, git log -p on a
+                  generated repository, python imports of a copied package tree (--no-programs: skip)
 Targets: cold-seq-read >= 0.9x, trace overhead <= 5%, rand4k-direct >= 0.5x.
 This is a measurement, not a test: nothing is asserted. Progress goes to stderr.
 
@@ -116,9 +121,9 @@ class Bench:
         self.rows = []
         self.m = None
 
-    def mount(self, cache, trace=True):
+    def mount(self, cache, trace=True, writeback_cache=False):
         t = os.path.join(self.root, "bench.vtrace") if trace else None
-        self.m = mount(self.src, self.mnt, trace=t, cache=cache)
+        self.m = mount(self.src, self.mnt, trace=t, cache=cache, writeback_cache=writeback_cache)
         return self.m
 
     def umount(self):
@@ -227,17 +232,20 @@ class Bench:
                 for m in mounts.values():
                     m.umount()
 
-        # sequential 1 MiB writes (+ fsync), page mode
-        host_w, vfs_w = [], []
+        # sequential 1 MiB writes (+ fsync), page mode, without and with the writeback cache
+        host_w, vfs_w, wb_w = [], [], []
         for i in range(reps):
             log(f"sequential 1 MiB writes {i + 1}/{reps}")
             host_w.append(seq_write(os.path.join(self.src, "w.bin"), self.size))
             os.unlink(os.path.join(self.src, "w.bin"))
-            self.mount("page")
-            vfs_w.append(seq_write(os.path.join(self.mnt, "w.bin"), self.size))
-            self.umount()
-            os.unlink(os.path.join(self.src, "w.bin"))
+            for wb, out in ((False, vfs_w), (True, wb_w)):
+                self.mount("page", writeback_cache=wb)
+                out.append(seq_write(os.path.join(self.mnt, "w.bin"), self.size))
+                self.umount()
+                os.unlink(os.path.join(self.src, "w.bin"))
         self.row("seq-write", host_w, vfs_w, nbytes=self.size, note="1 MiB writes + fsync, page mode")
+        self.row("seq-write, wb", host_w, wb_w, nbytes=self.size,
+                 note="the same with --writeback-cache (writes traced at flush time, pid 0)")
 
         print(f"\nvnodefs benchmark: {a.size} MiB file, median of {reps}, {a.random_reads} random reads "
               f"(kernel {os.uname().release}, {os.cpu_count()} cpus)")
@@ -269,6 +277,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported (default 5)")
     p.add_argument("--random-reads", type=int, default=20000, help="random 4 KiB reads per run (default 20000)")
     p.add_argument("--dir", default=None, help="where to put the source dir (default $TMPDIR; same disk as the host side)")
+    p.add_argument("--no-programs", action="store_true", help="skip the per-operation rows of "
+                   "scripts/bench_metadata.py (small files, stat, failed lookups, grep -r, git log -p, "
+                   "python import), run after these by default")
     a = p.parse_args(argv)
     if a.size < 1 or a.reps < 1 or a.random_reads < 1:
         print("bench: --size, --reps and --random-reads must be >= 1", file=sys.stderr)
@@ -281,7 +292,12 @@ def main(argv=None) -> int:
         return 2
     finally:
         b.close()
-    return 0
+    if a.no_programs:
+        return 0
+    print(flush=True)
+    import bench_metadata
+
+    return bench_metadata.main(["--reps", str(a.reps)] + (["--dir", a.dir] if a.dir else []))
 
 
 if __name__ == "__main__":

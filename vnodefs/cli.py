@@ -83,6 +83,12 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    "reach vnodefs (getattr: lookups and stats; readdir, opendir, readlink), to study a "
                    "launch's metadata I/O; with the kernel's caches on only their misses arrive (add "
                    "--strict-metadata for all of them)")
+    p.add_argument("--writeback-cache", action="store_true", help="page mode: let the kernel cache writes and "
+                   "send them later as whole pages (write(2) returns at memory speed; fsync and close still "
+                   "wait for the host file). The trace then holds writes as they are flushed, with pid 0, "
+                   "not as the program made them; the trace header says writeback_cache: true. The kernel "
+                   "then keeps each file's size and mtime itself: a change made in SOURCE behind the mount, "
+                   "or through another hard-link name, is not seen while it holds the file")
     p.add_argument("--allow-other", action="store_true", help="let every user use the mount (FUSE allow_other; "
                    "needs root or user_allow_other in /etc/fuse.conf): the host's modes decide what each "
                    "may do, and what a caller creates is the caller's, as on the host")
@@ -246,13 +252,13 @@ def cmd_mount(args) -> int:
     if note:
         print(f"vnodefs mount: {note}", file=sys.stderr)
     try:
-        validate(args.source, args.mountpoint, trace, args.latency, args.cache, args.layout)
+        validate(args.source, args.mountpoint, trace, args.latency, args.cache, args.layout, args.writeback_cache)
         if args.foreground:
             config = {"source": os.path.realpath(args.source), "mountpoint": os.path.realpath(args.mountpoint),
                       "trace": trace, "cache": args.cache, "latency": args.latency, "read_only": args.read_only,
                       "xattr": args.xattr, "layout": args.layout, "allow_other": args.allow_other,
                       "strict_metadata": args.strict_metadata, "trace_metadata": args.trace_metadata,
-                      "metadata_timeout": args.metadata_timeout}
+                      "metadata_timeout": args.metadata_timeout, "writeback_cache": args.writeback_cache}
             if args.allow_other:
                 check_allow_other()
             check_metadata_timeout(args.metadata_timeout)
@@ -265,7 +271,7 @@ def cmd_mount(args) -> int:
         m = mount(args.source, args.mountpoint, trace=trace, latency=args.latency, cache=args.cache,
                   read_only=args.read_only, xattr=args.xattr, layout=args.layout, allow_other=args.allow_other,
                   strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata,
-                  metadata_timeout=args.metadata_timeout)
+                  metadata_timeout=args.metadata_timeout, writeback_cache=args.writeback_cache)
     except MountError as e:
         return _err("mount", str(e))
     ra = m.info.get("readahead_kb")
@@ -318,7 +324,8 @@ def cmd_run(args, command: list[str]) -> int:
         status, summary = run_command(args.source, command, trace, latency=args.latency, cache=args.cache,
                                       read_only=args.read_only, xattr=args.xattr, layout=args.layout,
                                       allow_other=args.allow_other, strict_metadata=args.strict_metadata,
-                                      trace_metadata=args.trace_metadata, metadata_timeout=args.metadata_timeout)
+                                      trace_metadata=args.trace_metadata, metadata_timeout=args.metadata_timeout,
+                                      writeback_cache=args.writeback_cache)
     except CommandNotFound as e:
         print(f"vnodefs run: {e}", file=sys.stderr)
         return 127
@@ -347,7 +354,7 @@ def _cmd_run_profile(args, command: list[str], trace: str | None) -> int:
                                      min_count=args.min_count, latency=args.latency, cache=args.cache,
                                      read_only=args.read_only, xattr=args.xattr, allow_other=args.allow_other,
                                      strict_metadata=args.strict_metadata, trace_metadata=args.trace_metadata,
-                                     metadata_timeout=args.metadata_timeout,
+                                     metadata_timeout=args.metadata_timeout, writeback_cache=args.writeback_cache,
                                      prefetch_max_mib=args.prefetch_max, gap=args.prefetch_gap,
                                      drop_cache=not args.no_drop_cache, layout=args.layout,
                                      log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -105,6 +105,16 @@ class FsConfig:
     #: Changes made through the mount are seen at once either way; a change made in SOURCE behind
     #: the mount's back is seen within this bound.
     metadata_timeout: float = METADATA_TIMEOUT
+    #: the kernel's writeback cache (page mode only): write(2) returns once the bytes are in the
+    #: kernel's page cache and the kernel sends them later, in up to max_write pieces, as the
+    #: flusher or close(2) / fsync(2) pushes them, as whole dirty pages. Writes then reach vnodefs
+    #: (and the trace) when they are flushed, not when the program wrote them, and carry pid 0;
+    #: O_APPEND is the kernel's (its idea of the end of the file). And the kernel keeps a regular
+    #: file's size and mtime itself, per name (Linux's FUSE ignores them in the file system's
+    #: answers then): a change made in SOURCE behind the mount, or through another hard-link name
+    #: of the file, is not seen while the kernel holds the file. For programs that write a lot in
+    #: small pieces (measured: 4 KiB writes 0.15x -> 0.86x of the host) on files only they change.
+    writeback_cache: bool = False
 
 
 _RENAME_EXCHANGE = 2
@@ -356,7 +366,10 @@ class Passthrough(mfusepy.Operations):
             conn.max_read = c.max_read  # must equal the max_read mount option on libfuse 3
             conn.max_write = c.max_write
             conn.max_readahead = max(conn.max_readahead, c.max_read)
-            conn.want &= ~FUSE_CAP_WRITEBACK_CACHE
+            if c.writeback_cache and c.cache == "page" and conn.capable & FUSE_CAP_WRITEBACK_CACHE:
+                conn.want |= FUSE_CAP_WRITEBACK_CACHE
+            else:
+                conn.want &= ~FUSE_CAP_WRITEBACK_CACHE
             self.negotiated = {"capable": int(conn.capable), "want": int(conn.want),
                                "max_read": int(conn.max_read), "max_write": int(conn.max_write),
                                "max_readahead": int(conn.max_readahead),
@@ -472,12 +485,22 @@ class Passthrough(mfusepy.Operations):
             self.links.changed(st.st_ino, target)  # every other name's link count went up
         return 0
 
-    def chmod(self, path, mode):
+    # chmod, chown and utimens get `fh` (the open file's fuse_file_info) when the kernel names the
+    # handle: libfuse then names no path (nullpath_ok), and the host fd is changed instead.
+    def chmod(self, path, mode, fh=None):
+        if fh is not None:
+            os.fchmod(fh.fh, mode)
+            self.links.wrote(fh.fh)
+            return 0
         self._do(os.chmod, path, mode)
         self.links.changed_path(self, path)
         return 0
 
-    def chown(self, path, uid, gid):
+    def chown(self, path, uid, gid, fh=None):
+        if fh is not None:
+            os.fchown(fh.fh, uid, gid)
+            self.links.wrote(fh.fh)
+            return 0
         self._do(os.chown, path, uid, gid, follow_symlinks=False)
         self.links.changed_path(self, path)
         return 0
@@ -511,7 +534,11 @@ class Passthrough(mfusepy.Operations):
             return None
         return st.st_ino, st.st_size
 
-    def utimens(self, path, times=None):
+    def utimens(self, path, times=None, fh=None):
+        if fh is not None:
+            os.utime(fh.fh, ns=times) if times is not None else os.utime(fh.fh)
+            self.links.wrote(fh.fh)
+            return 0
         if times is None:
             self._do(os.utime, path, follow_symlinks=False)
         else:
@@ -534,8 +561,11 @@ class Passthrough(mfusepy.Operations):
                                              "f_ffree", "f_favail", "f_flag", "f_namemax")}
 
     # -- files -------------------------------------------------------------------------------
-    def _host_open(self, path, flags, mode=0o666):
-        hflags = (flags & ~_HOST_STRIP) | os.O_CLOEXEC
+    def _host_open(self, path, flags, mode=0o666, keep=0):
+        """The host fd of an open of `path`: the caller's flags without the ones the kernel
+        handles (_HOST_STRIP, except those in `keep`), read-write instead of write-only where the
+        host allows it."""
+        hflags = (flags & ~(_HOST_STRIP & ~keep)) | os.O_CLOEXEC
         if flags & os.O_ACCMODE == os.O_WRONLY:
             try:  # a readable fd lets the kernel read pages through any handle
                 return self._do(os.open, path, (hflags & ~os.O_ACCMODE) | os.O_RDWR, mode)
@@ -549,8 +579,7 @@ class Passthrough(mfusepy.Operations):
 
     def create(self, path, mode, fi):
         was = self._o_trunc_size(path, fi.flags)
-        fd = self._do(os.open, path, ((fi.flags | os.O_CREAT) & ~(os.O_APPEND | getattr(os, "O_DIRECT", 0)))
-                      | os.O_CLOEXEC, mode)
+        fd = self._host_open(path, fi.flags | os.O_CREAT, mode, keep=os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
         try:
             self._own(path, fd)
         except OSError:
@@ -956,22 +985,38 @@ class VnodeFUSE(mfusepy.FUSE):
         return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
                                         length, fh)
 
-    def utimens_fuse_3(self, path, buf, fip):
-        if path is None:  # a file that lost its last name (see Passthrough._do)
+    def chmod_fuse_3(self, path, mode, fip):
+        return self.operations.chmod(self._path(path, fip), mode, fip.contents if fip else None)
+
+    def chown_fuse_3(self, path, uid, gid, fip):
+        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid  # (uid_t)-1 / (gid_t)-1: leave as is
+        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
+        return self.operations.chown(self._path(path, fip), uid, gid, fip.contents if fip else None)
+
+    def _path(self, path, fip):
+        """The decoded path of a request; ESTALE for a file that lost its last name and came
+        without a handle (see Passthrough._do)."""
+        if path is None:
+            if fip:
+                return None
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-        p = path.decode(self.encoding, self.errors)
+        return path.decode(self.encoding, self.errors)
+
+    def utimens_fuse_3(self, path, buf, fip):
+        p = self._path(path, fip)
+        fh = fip.contents if fip else None
         if not buf:
-            return self.operations.utimens(p, None)
+            return self.operations.utimens(p, None, fh)
         ts = (buf.contents.actime, buf.contents.modtime)
         if any(t.tv_nsec in (_UTIME_NOW, _UTIME_OMIT) for t in ts):
-            st = self.operations.lstat(p)
+            st = os.fstat(fh.fh) if fh is not None else self.operations.lstat(p)
             now = time.time_ns()
             cur = (st.st_atime_ns, st.st_mtime_ns)
             vals = tuple(now if t.tv_nsec == _UTIME_NOW else cur[i] if t.tv_nsec == _UTIME_OMIT
                          else t.tv_sec * 10**9 + t.tv_nsec for i, t in enumerate(ts))
         else:
             vals = tuple(t.tv_sec * 10**9 + t.tv_nsec for t in ts)
-        return self.operations.utimens(p, vals)
+        return self.operations.utimens(p, vals, fh)
 
 
 def describe_libfuse() -> str:

@@ -197,13 +197,16 @@ def check_allow_other(euid: int | None = None, conf: str = "/etc/fuse.conf") -> 
 
 
 def validate(source: str, mountpoint: str, trace: str | None, latency: str | None, cache: str,
-             layout: str = "auto") -> None:
+             layout: str = "auto", writeback_cache: bool = False) -> None:
     """Raise MountError (one line) for any bad input of `vnodefs mount`; touch nothing."""
     from vnodefs.layout import MODES as LAYOUTS
     from vnodefs.layout import probe_fiemap
 
     if cache not in ("page", "direct"):
         raise MountError(f"unknown cache mode {cache!r}: use page or direct")
+    if writeback_cache and cache != "page":
+        raise MountError("--writeback-cache needs --cache page (in direct mode every write goes to vnodefs "
+                         "as it is made)")
     try:
         spec = parse_latency(latency)
     except LatencyError as e:
@@ -282,7 +285,7 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
           cache: str = "page", read_only: bool = False, timeout: float = 15.0, xattr: bool = False,
           extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
           strict_metadata: bool = False, trace_metadata: bool = False,
-          metadata_timeout: float | None = None) -> Mount:
+          metadata_timeout: float | None = None, writeback_cache: bool = False) -> Mount:
     """Mount SOURCE on MOUNTPOINT through a background vnodefs daemon; return once it is ready.
     `trace=None` means no trace; `latency` the device model, `layout` where its addresses come
     from (vnodefs.layout); `allow_other` lets every user use the mount (the host's modes decide
@@ -290,8 +293,10 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
     lookup and getattr reaches vnodefs; changes made in SOURCE behind the mount are seen at once);
     `metadata_timeout` (seconds) sets how long instead (default
     vnodefs.fuseops.METADATA_TIMEOUT); `trace_metadata` also records the metadata requests that reach vnodefs (getattr, readdir,
-    opendir, readlink). Raises MountError (one line); on failure nothing stays mounted."""
-    validate(source, mountpoint, trace, latency, cache, layout)
+    opendir, readlink); `writeback_cache` turns on the kernel's writeback cache (page mode:
+    vnodefs.fuseops.FsConfig.writeback_cache says what changes). Raises MountError (one line); on
+    failure nothing stays mounted."""
+    validate(source, mountpoint, trace, latency, cache, layout, writeback_cache)
     check_metadata_timeout(metadata_timeout)
     if allow_other:
         check_allow_other()
@@ -301,7 +306,7 @@ def mount(source: str, mountpoint: str, trace: str | None = None, latency: str |
               "latency": latency or "none", "read_only": bool(read_only), "xattr": bool(xattr),
               "layout": layout, "allow_other": bool(allow_other), "strict_metadata": bool(strict_metadata),
               "trace_metadata": bool(trace_metadata), "metadata_timeout": metadata_timeout,
-              **(extra or {})}
+              "writeback_cache": bool(writeback_cache), **(extra or {})}
     logf = log_path(mnt)
     r, w = os.pipe()
     config["ready_fd"] = w
@@ -443,7 +448,7 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
             read_only: bool = False, mountpoint: str | None = None, xattr: bool = False,
             extra: dict | None = None, layout: str = "auto", allow_other: bool = False,
             strict_metadata: bool = False, trace_metadata: bool = False,
-            metadata_timeout: float | None = None):
+            metadata_timeout: float | None = None, writeback_cache: bool = False):
     """Mount SOURCE on a fresh temporary directory (or `mountpoint`), yield the Mount, and always
     unmount and remove the temporary directory afterwards."""
     tmp = None
@@ -455,7 +460,7 @@ def mounted(source: str, trace: str | None = None, latency: str | None = "none",
         m = mount(source, mountpoint, trace=trace, latency=latency, cache=cache, read_only=read_only,
                   xattr=xattr, extra=extra, layout=layout, allow_other=allow_other,
                   strict_metadata=strict_metadata, trace_metadata=trace_metadata,
-                  metadata_timeout=metadata_timeout)
+                  metadata_timeout=metadata_timeout, writeback_cache=writeback_cache)
         try:
             yield m
         finally:
@@ -502,7 +507,7 @@ def serve(config: dict, ready=None) -> int:
     --foreground`). `ready(msg)` is called once the mount is usable. Returns an exit status."""
     import mfusepy
 
-    from vnodefs.fuseops import METADATA_TIMEOUT, FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
+    from vnodefs.fuseops import FUSE_CAP_WRITEBACK_CACHE, METADATA_TIMEOUT, FsConfig, Passthrough, PassthroughXattr, VnodeFUSE
     from vnodefs.devqueue import Device
     from vnodefs.layout import LayoutError, choose
     from vnodefs.trace import OPS, RECORD_SIZE, VERSION, TraceInUse, TraceWriter
@@ -513,7 +518,8 @@ def serve(config: dict, ready=None) -> int:
     fsconf = FsConfig(source=config["source"], cache=config["cache"], read_only=config.get("read_only", False),
                       xattr=bool(config.get("xattr")), latency=spec,
                       metadata_timeout=0.0 if config.get("strict_metadata") else
-                      METADATA_TIMEOUT if config.get("metadata_timeout") is None else float(config["metadata_timeout"]))
+                      METADATA_TIMEOUT if config.get("metadata_timeout") is None else float(config["metadata_timeout"]),
+                      writeback_cache=bool(config.get("writeback_cache")) and config["cache"] == "page")
     _keep_request_buffers()
     try:
         writer = TraceWriter(config.get("trace"))
@@ -555,7 +561,9 @@ def serve(config: dict, ready=None) -> int:
     header = {
         "format": "vnodefs-trace", "version": VERSION, "record_size": RECORD_SIZE, "clock": "CLOCK_MONOTONIC",
         "source": fsconf.source, "mountpoint": mnt, "cache_mode": fsconf.cache,
-        "trace_holds": "page-cache misses (kernel page cache on, libfuse auto_cache)" if fsconf.cache == "page"
+        "trace_holds": ("page-cache misses (kernel page cache on, libfuse auto_cache)" if not fsconf.writeback_cache
+                        else "page-cache read misses, and writes as the kernel's writeback cache flushes them "
+                        "(pid 0, at flush time)") if fsconf.cache == "page"
         else "every read and write (direct_io on every open)",
         "latency": spec.describe(), "device": spec.describe(),
         "layout": layout.describe() if layout is not None else {"kind": "none", "note": "no device model"},
@@ -566,7 +574,7 @@ def serve(config: dict, ready=None) -> int:
         "daemon_pid": os.getpid(), "uid": os.getuid(), "hostname": platform.node(),
         "kernel": platform.release(),
         "libfuse": f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}",
-        "writeback_cache": False, "passthrough": False, "direct_io_allow_mmap": False,
+        "writeback_cache": fsconf.writeback_cache, "passthrough": False, "direct_io_allow_mmap": False,
         "read_only": fsconf.read_only, "xattr": fsconf.xattr, "ops": OPS,
         "metadata_timeout_s": fsconf.metadata_timeout, "trace_metadata": bool(config.get("trace_metadata")), "allow_other": bool(config.get("allow_other")),
         "file_events": ops.events is not None,
@@ -585,6 +593,8 @@ def serve(config: dict, ready=None) -> int:
                 return
             before, now = _bdi_readahead(m[1])
             header.update(bdi=m[1], readahead_kb=now, readahead_kb_default=before, negotiated=ops.negotiated)
+            if fsconf.writeback_cache and not ops.negotiated.get("want", 0) & FUSE_CAP_WRITEBACK_CACHE:
+                raise MountError("--writeback-cache: this kernel's FUSE does not offer a writeback cache")
             if pcache is not None:
                 header["prefetch"] = {"strategy": "cache", "extents": len(pcache.extents),
                                       "bytes": sum(e.length for e in pcache.extents), "op": 10}

@@ -58,7 +58,7 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
                 log=lambda msg: None, extra: dict | None = None, on_start=None, after_exit=None,
                 command_mask=None, layout: str = "auto", allow_other: bool = False,
                 strict_metadata: bool = False, trace_metadata: bool = False,
-                metadata_timeout: float | None = None) -> tuple[int, dict]:
+                metadata_timeout: float | None = None, writeback_cache: bool = False) -> tuple[int, dict]:
     """Run `command` against a fresh mount of `source`; return (exit status, summary dict).
     Raises MountError for bad input or a failed mount (nothing is left mounted).
 
@@ -73,14 +73,15 @@ def run_command(source: str, command: list[str], trace: str | None, latency: str
         raise CommandNotFound(f"command not found: {exe}")
     # validate against an empty directory before we mount (mounted() validates again)
     with tempfile.TemporaryDirectory(prefix="vnodefs-check-") as empty:
-        validate(source, empty, trace, latency, cache, layout)
+        validate(source, empty, trace, latency, cache, layout, writeback_cache)
     status = 0
     ru = None
     t0 = t1 = 0.0
     t0_ns = t1_ns = 0
     with mounted(source, trace=trace, latency=latency, cache=cache, read_only=read_only, xattr=xattr,
                  extra=extra, layout=layout, allow_other=allow_other, strict_metadata=strict_metadata,
-                 trace_metadata=trace_metadata, metadata_timeout=metadata_timeout) as m:
+                 trace_metadata=trace_metadata, metadata_timeout=metadata_timeout,
+                 writeback_cache=writeback_cache) as m:
         mnt = m.mountpoint
         argv = substitute(command, mnt)
         child_env = dict(os.environ if env is None else env)

@@ -153,7 +153,8 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
                xattr: bool = False, prefetch_max_mib: float | None = None, gap="auto",
                drop_cache: bool = True, log=lambda msg: None, layout: str = "auto",
                allow_other: bool = False, strict_metadata: bool = False,
-               trace_metadata: bool = False, metadata_timeout: float | None = None) -> tuple[int, dict]:
+               trace_metadata: bool = False, metadata_timeout: float | None = None,
+               writeback_cache: bool = False) -> tuple[int, dict]:
     """One `vnodefs run --profile` (see the module docstring). Raises SeedingError / MountError /
     CommandNotFound (one line) on bad input; nothing is left mounted."""
     from swapd.profiles import AppProfileStore, AppProfileTreeError
@@ -238,7 +239,7 @@ def run_seeded(source: str, command: list[str], app: str, trace: str | None, var
         status, summary = run_command(source, command, trace, latency=latency, cache=cache, read_only=read_only,
                                       allow_other=allow_other, strict_metadata=strict_metadata,
                                       trace_metadata=trace_metadata, metadata_timeout=metadata_timeout,
-                                      xattr=xattr, log=log, extra=extra, on_start=on_start,
+                                      writeback_cache=writeback_cache, xattr=xattr, log=log, extra=extra, on_start=on_start,
                                       after_exit=after_exit, command_mask=command_mask, layout=layout)
 
     tr = load(trace)

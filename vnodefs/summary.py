@@ -112,6 +112,7 @@ def summarize(trace: Trace, mask: np.ndarray | None = None) -> dict:
     out = {
         "trace": trace.path,
         "cache_mode": trace.header.get("cache_mode"),
+        "writeback_cache": bool(trace.header.get("writeback_cache")),
         "latency": lat.get("model", "none"),
         "readahead_kb": trace.header.get("readahead_kb"),
         "page_size": ps,
@@ -190,7 +191,10 @@ def format_summary(s: dict, title: str | None = None, max_pids: int = 6) -> str:
     if title:
         lines.append(title)
     holds = "misses only" if s.get("cache_mode") == "page" else "every access"
-    lines.append(f"  cache {s.get('cache_mode')} (trace holds {holds}), latency {s.get('latency')}, "
+    if s.get("writeback_cache"):
+        holds = "read misses, and writes as the kernel flushed them, pid 0"
+    mode = f"{s.get('cache_mode')}{' + writeback cache' if s.get('writeback_cache') else ''}"
+    lines.append(f"  cache {mode} (trace holds {holds}), latency {s.get('latency')}, "
                  f"readahead {s.get('readahead_kb')} KiB, page {s.get('page_size')} B")
     other = s["requests_all"] - s["requests"]
     lines.append(f"  requests      {s['requests']} read/write ({s['reads']} reads, {s['writes']} writes), "

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from cache_modes import cache_kwargs
+
 from vnodefs.mount import MountError, find_mount, mount, umount
 
 VNODEFS = [sys.executable, "-m", "vnodefs"]
@@ -32,14 +34,16 @@ def vmount(tmp_path):
     made = []
 
     def make(cache="page", latency="none", trace=True, read_only=False, name="m", xattr=False, layout="auto"):
+        """`cache` is a mount's cache mode, or "writeback" (page mode with the kernel's writeback
+        cache, as in CACHE_MODES)."""
         src = tmp_path / f"{name}-src"
         mnt = tmp_path / f"{name}-mnt"
         src.mkdir(exist_ok=True)
         mnt.mkdir(exist_ok=True)
         tpath = str(tmp_path / f"{name}.vtrace") if trace else None
         made.append(str(mnt))
-        m = mount(str(src), str(mnt), trace=tpath, latency=latency, cache=cache, read_only=read_only, xattr=xattr,
-                  layout=layout)
+        m = mount(str(src), str(mnt), trace=tpath, latency=latency, read_only=read_only, xattr=xattr,
+                  layout=layout, **cache_kwargs(cache))
         m.src = str(src)
         m.trace_path = tpath
         return m

@@ -16,6 +16,7 @@ import os
 import random
 
 import pytest
+from cache_modes import CACHE_MODES
 
 pytestmark = pytest.mark.fuse
 
@@ -31,7 +32,7 @@ def _check(got: bytes, model: bytearray, off: int, what: str) -> None:
         raise AssertionError(f"{what}: byte {off + bad} is {got[bad]:#x}, the model says {want[bad]:#x}")
 
 
-@pytest.mark.parametrize("cache", ["page", "direct"])
+@pytest.mark.parametrize("cache", CACHE_MODES)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_fsx_mixed_access_matches_model(vmount, cache, seed):
     m = vmount(cache=cache, trace=False)

@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 import pytest
+from cache_modes import CACHE_MODES, cache_kwargs
 
 from vnodefs.mount import MountError, check_allow_other, find_mount, mount
 
@@ -94,7 +95,13 @@ def run_probe(base: str, user: str, exe: str) -> list:
     return json.loads(r.stdout)
 
 
-@pytest.mark.parametrize("cache", ["page", "direct"])
+#: the probe's answers the kernel's writeback cache may give from its own copy: with it the kernel
+#: keeps a regular file's size and mtime itself, per name, so a change made through one hard-link
+#: name is not seen through the other (vnodefs.fuseops.FsConfig.writeback_cache)
+WRITEBACK_STALE = {"hl mtime h1", "hl read h1 again", "hl size h1"}
+
+
+@pytest.mark.parametrize("cache", CACHE_MODES)
 def test_probe_answers_match_host_as_root_and_as_nobody(world_dir, cache):
     d, mounts = world_dir
     exe = probe_python()
@@ -102,13 +109,14 @@ def test_probe_answers_match_host_as_root_and_as_nobody(world_dir, cache):
     prepare(host)
     prepare(src)
     os.mkdir(mnt)
-    m = mount(src, mnt, trace=None, cache=cache, allow_other=True)
+    m = mount(src, mnt, trace=None, allow_other=True, **cache_kwargs(cache))
     mounts.append(m)
     for user in ("root", "nobody"):
         want = run_probe(host, user, exe)
         got = run_probe(mnt, user, exe)
-        diff = [(w, g) for w, g in zip(want, got) if w != g]
+        diff = [(w, g) for w, g in zip(want, got) if w != g and not (cache == "writeback" and w[0] in WRITEBACK_STALE)]
         assert not diff and len(want) == len(got), f"as {user}, {cache} mode: host vs mount {diff}"
+        assert [w[0] for w in want] == [g[0] for g in got]
     # the probe really exercised refusals and another user's ownership
     answers = dict((k, v) for k, v in run_probe(host, "nobody", exe) if k in ("read secret", "chmod pub"))
     assert answers == {"read secret": "EACCES", "chmod pub": "EPERM"}
@@ -153,7 +161,7 @@ def test_allow_other_refused_for_a_user_fuse_does_not_permit(tmp_path):
         check_allow_other(euid=NOBODY, conf=str(tmp_path / "missing.conf"))
 
 
-@pytest.mark.parametrize("cache", ["page", "direct"])
+@pytest.mark.parametrize("cache", CACHE_MODES)
 def test_paths_as_long_as_the_caller_may_make_them(world_dir, cache):
     """From a directory inside the mount, a relative path of PATH_MAX-1 bytes works, as on the
     host; and again from deeper inside, where the whole path from the mount root is longer than
@@ -162,7 +170,7 @@ def test_paths_as_long_as_the_caller_may_make_them(world_dir, cache):
     host, src, mnt = os.path.join(d, "host"), os.path.join(d, "src"), os.path.join(d, "mnt")
     for p in (host, src, mnt):
         os.mkdir(p)
-    mounts.append(mount(src, mnt, trace=None, cache=cache))
+    mounts.append(mount(src, mnt, trace=None, **cache_kwargs(cache)))
     names = [("d%02d" % i) + "x" * 236 for i in range(16)]  # 16 names of 239 bytes
     rel_dir = "/".join(names)  # 3839 bytes
     leaf = "f" * (4095 - len(rel_dir) - 1)
@@ -207,13 +215,13 @@ def test_paths_as_long_as_the_caller_may_make_them(world_dir, cache):
     assert os.path.isdir(os.path.join(src, rel_dir)) and len(deep) > 4096
 
 
-@pytest.mark.parametrize("cache", ["page", "direct"])
+@pytest.mark.parametrize("cache", ["page", "direct"])  # not writeback: see WRITEBACK_STALE
 def test_hard_link_names_agree_at_once_while_open(world_dir, cache):
     d, mounts = world_dir
     src, mnt = os.path.join(d, "src"), os.path.join(d, "mnt")
     os.mkdir(src)
     os.mkdir(mnt)
-    mounts.append(mount(src, mnt, trace=None, cache=cache))
+    mounts.append(mount(src, mnt, trace=None, **cache_kwargs(cache)))
     h1, h2 = os.path.join(mnt, "h1"), os.path.join(mnt, "h2")
     with open(h1, "w") as fh:
         fh.write("a\n")
