@@ -166,6 +166,26 @@ def _run_pool(cells, jobs: int, retries: int):
         todo = again
 
 
+#: dask config for the LocalCluster of `--scheduler local`. A Dask worker runs a cell in a thread
+#: beside its event loop, and a replay is Python all the way, so every time the loop wakes it must
+#: take the GIL from the cell: with dask's defaults the loop thread of a busy worker waited for the
+#: GIL 150 to 3000 times a second (its voluntary context switches), which made each cell 5-15%
+#: slower than in a pool process, and more when other programs kept the cores busy (the thread
+#: handed the GIL must first be given a core). What wakes it: the statistical
+#: profiler (a sample every 10 ms; a third of a replay's speed on its own), the loop-health tick
+#: (every 20 ms), the memory monitor (every 100 ms; spilling, pausing and the nanny's restart of a
+#: worker past its limit still work, a second late at most) and the system monitor (every 500 ms:
+#: CPU, memory, network and disk counters for the dashboard, which this cluster does not start).
+#: With these, 10-20 a second remain (heartbeats; more as cells finish and new ones arrive) and a
+#: cell runs as fast as in a pool process. A cluster at an ADDRESS is configured by whoever started it.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "10s",
+}
+
+
 def _run_dask(cells, address: str, jobs: int, retries: int):
     from distributed import Client, LocalCluster, as_completed
 
@@ -178,9 +198,7 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
         # workers forked from this process start in a fraction of a second with vmcore imported
         # (spawned ones take seconds); where fork is missing, dask's default
         method = "fork" if "fork" in mp.get_all_start_methods() else None
-        # the workers' statistical profiler samples the running cell's stack every 10 ms, which
-        # costs a replay (much Python per access) about a third of its speed: off for our cluster
-        conf = {"distributed.worker.profile.enabled": False}
+        conf = dict(LOCAL_CLUSTER_CONFIG)
         import tempfile
 
         # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
