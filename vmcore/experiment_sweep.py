@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -186,32 +187,51 @@ LOCAL_CLUSTER_CONFIG = {
 }
 
 
-def _run_dask(cells, address: str, jobs: int, retries: int):
-    from distributed import Client, LocalCluster, as_completed
+@contextmanager
+def local_cluster(jobs: int):
+    """A dask.distributed LocalCluster of `jobs` worker processes (one thread each, configured by
+    LOCAL_CLUSTER_CONFIG, forked from this process where fork exists), its scratch space in a
+    temporary directory; closed and the directory removed on the way out."""
+    import multiprocessing as mp
+    import shutil
+    import tempfile
 
-    cluster = scratch = None
-    if address == "local":
-        import multiprocessing as mp
+    import dask
+    from distributed import LocalCluster
 
-        import dask
-
-        # workers forked from this process start in a fraction of a second with vmcore imported
-        # (spawned ones take seconds); where fork is missing, dask's default
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        conf = dict(LOCAL_CLUSTER_CONFIG)
-        import tempfile
-
-        # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
-        scratch = tempfile.mkdtemp(prefix="vmcore-sweep-dask-")
-        conf["temporary-directory"] = scratch
-        if method:
-            conf["distributed.worker.multiprocessing-method"] = method
+    conf = dict(LOCAL_CLUSTER_CONFIG)
+    # workers forked from this process start in a fraction of a second with vmcore imported
+    # (spawned ones take seconds); where fork is missing, dask's default
+    if "fork" in mp.get_all_start_methods():
+        conf["distributed.worker.multiprocessing-method"] = "fork"
+    # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
+    scratch = tempfile.mkdtemp(prefix="vmcore-sweep-dask-")
+    conf["temporary-directory"] = scratch
+    try:
         with dask.config.set(conf):
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
                                    local_directory=scratch)
-        client = Client(cluster)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_dask(cells, address: str, jobs: int, retries: int):
+    if address == "local":
+        with local_cluster(jobs) as cluster:
+            yield from _run_on(cells, cluster, retries)
     else:
-        client = Client(address, timeout=5)
+        yield from _run_on(cells, address, retries)
+
+
+def _run_on(cells, address, retries: int):
+    """Run the cells on the Dask cluster at `address` (or a cluster object), yielding (cell, row)."""
+    from distributed import Client, as_completed
+
+    client = Client(address, timeout=5) if isinstance(address, str) else Client(address)
     try:
         futs = {}
         tries = {c: 0 for c in cells}
@@ -234,12 +254,6 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
             yield c, row
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
-        if scratch is not None:
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _longest_first(cells) -> list[Cell]:
