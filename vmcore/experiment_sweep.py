@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -166,34 +167,71 @@ def _run_pool(cells, jobs: int, retries: int):
         todo = again
 
 
-def _run_dask(cells, address: str, jobs: int, retries: int):
-    from distributed import Client, LocalCluster, as_completed
+#: dask config for the LocalCluster of `--scheduler local`. A Dask worker runs a cell in a thread
+#: beside its event loop, and a replay is Python all the way, so every time the loop wakes it must
+#: take the GIL from the cell: with dask's defaults the loop thread of a busy worker waited for the
+#: GIL 150 to 3000 times a second (its voluntary context switches), which made each cell 5-15%
+#: slower than in a pool process, and more when other programs kept the cores busy (the thread
+#: handed the GIL must first be given a core). What wakes it: the statistical
+#: profiler (a sample every 10 ms; a third of a replay's speed on its own), the loop-health tick
+#: (every 20 ms), the memory monitor (every 100 ms; spilling, pausing and the nanny's restart of a
+#: worker past its limit still work, a second late at most) and the system monitor (every 500 ms:
+#: CPU, memory, network and disk counters for the dashboard, which this cluster does not start).
+#: With these, 10-20 a second remain (heartbeats; more as cells finish and new ones arrive) and a
+#: cell runs as fast as in a pool process. A cluster at an ADDRESS is configured by whoever started it.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "10s",
+}
 
-    cluster = scratch = None
-    if address == "local":
-        import multiprocessing as mp
 
-        import dask
+@contextmanager
+def local_cluster(jobs: int):
+    """A dask.distributed LocalCluster of `jobs` worker processes (one thread each, configured by
+    LOCAL_CLUSTER_CONFIG, forked from this process where fork exists), its scratch space in a
+    temporary directory; closed and the directory removed on the way out."""
+    import multiprocessing as mp
+    import shutil
+    import tempfile
 
-        # workers forked from this process start in a fraction of a second with vmcore imported
-        # (spawned ones take seconds); where fork is missing, dask's default
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        # the workers' statistical profiler samples the running cell's stack every 10 ms, which
-        # costs a replay (much Python per access) about a third of its speed: off for our cluster
-        conf = {"distributed.worker.profile.enabled": False}
-        import tempfile
+    import dask
+    from distributed import LocalCluster
 
-        # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
-        scratch = tempfile.mkdtemp(prefix="vmcore-sweep-dask-")
-        conf["temporary-directory"] = scratch
-        if method:
-            conf["distributed.worker.multiprocessing-method"] = method
+    conf = dict(LOCAL_CLUSTER_CONFIG)
+    # workers forked from this process start in a fraction of a second with vmcore imported
+    # (spawned ones take seconds); where fork is missing, dask's default
+    if "fork" in mp.get_all_start_methods():
+        conf["distributed.worker.multiprocessing-method"] = "fork"
+    # the cluster's scratch space (dask's default is a dask-scratch-space dir left in /tmp)
+    scratch = tempfile.mkdtemp(prefix="vmcore-sweep-dask-")
+    conf["temporary-directory"] = scratch
+    try:
         with dask.config.set(conf):
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
                                    local_directory=scratch)
-        client = Client(cluster)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_dask(cells, address: str, jobs: int, retries: int):
+    if address == "local":
+        with local_cluster(jobs) as cluster:
+            yield from _run_on(cells, cluster, retries)
     else:
-        client = Client(address, timeout=5)
+        yield from _run_on(cells, address, retries)
+
+
+def _run_on(cells, address, retries: int):
+    """Run the cells on the Dask cluster at `address` (or a cluster object), yielding (cell, row)."""
+    from distributed import Client, as_completed
+
+    client = Client(address, timeout=5) if isinstance(address, str) else Client(address)
     try:
         futs = {}
         tries = {c: 0 for c in cells}
@@ -216,12 +254,6 @@ def _run_dask(cells, address: str, jobs: int, retries: int):
             yield c, row
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
-        if scratch is not None:
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _longest_first(cells) -> list[Cell]:
