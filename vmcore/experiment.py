@@ -166,7 +166,7 @@ def _ratio(a, b):
 
 class Progress:
     """One line per run on stderr: `[#####...............]  5/20 sqlite seeded 2/3: ...` (the bar
-    drawn by tqdm's formatter, as vmcore replay's)."""
+    is vmcore.report's, the one vmcore replay's rich bar draws)."""
 
     def __init__(self, total: int, stream=None, quiet: bool = False):
         self.total, self.done, self.t0 = max(total, 1), 0, time.monotonic()
@@ -180,12 +180,11 @@ class Progress:
             self.stream.flush()
 
     def run_done(self, text: str) -> None:
-        from tqdm import tqdm
+        from vmcore.report import bar_text
 
         self.done += 1
-        bar = tqdm.format_meter(min(self.done, self.total), self.total, time.monotonic() - self.t0, ascii=".#",
-                                bar_format="[{bar:20}] {n:>2}/{total}")
-        self.say(f"{bar} {text}")
+        done = min(self.done, self.total)
+        self.say(f"{bar_text(done, self.total, 20)} {done:>2}/{self.total} {text}")
 
 
 # ---- the experiment -----------------------------------------------------------------------------------
