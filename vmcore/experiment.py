@@ -588,15 +588,12 @@ def format_table(report: dict) -> str:
             pfs = "/".join(_fmt(pf[k], "n") for k in PREFETCH_KEYS) if pf else "-"
             rows.append((name, mode, str(m["runs"]), _cell(m, "wall_s", "s"), _cell(m, "major_faults", "n"),
                          _cell(m, "requests", "n"), _cell(m, "bytes_read", "mib"), pfs))
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
+    from vmcore.report import render_table
+
     out = [f"Seeding experiment: device {cfg['latency']} (layout {cfg.get('layout', 'unknown')}), size "
            f"{cfg['size']}, seed {cfg['seed']}, cache {cfg['cache']}, prefetch {cfg['prefetch']} (median, min-max "
-           f"over runs; floor = the same launch on a mount with no device model)", line(head),
-           "  ".join("-" * w for w in widths)]
-    for r in rows:
-        out.append(line(r))
+           f"over runs; floor = the same launch on a mount with no device model)",
+           render_table(head, rows, right=range(2, len(head)), rule=True)]
     out.append("")
     out.append("cold / seeded (medians):")
     for name, s in summ.items():

@@ -18,12 +18,13 @@ Invariants:
   (`--progress` into a pipe or a file) each redraw is `\\r` and the bar's plain text, no ANSI
   codes, and the bar's last state ends with a newline.
 
-Called by vmcore.cli (`vmcore replay` bar, vm_stat counters stay vm_stat's format),
-vmcore.experiment (run lines, the seeding table), vmcore.experiment_sweep, vnodefs's reports and
-swapd's `status` and `profiles`.
+Called by vmcore.cli (the `vmcore replay` bar; its counters keep vm_stat's own format),
+vmcore.experiment (the run lines, the seeding table), vmcore.experiment_sweep (bar and table),
+vmcore.wired (the wired-memory report), vnodefs.locality, vnodefs.stream and vnodefs.demo (their
+report tables), swapd.status and swapd.profiles_cli (`swapd status`, `swapd profiles list|show`).
 
-Caveats: rich is imported on first use (the model's modules never import this one), so a tool
-that prints only JSON does not pay for it.
+Caveats: rich is imported on first use, inside these functions, so a tool that prints only JSON
+does not pay for it and importing vmcore's model does not import rich.
 """
 
 from __future__ import annotations
@@ -54,16 +55,17 @@ def _rule_box():
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[object]] = (), *, right: Iterable[int] | None = None,
-          rule: bool = False):
+          rule: bool = False, header: bool = True):
     """A rich.table.Table of plain-text cells: `columns` are the header names, `rows` the rows
     (cells are str()-ed; None prints as `-`). Columns whose index is in `right` are right-aligned
-    (by default every column after the first); `rule` draws dashes under the header. Cells never
-    wrap; add rows later with `.add_row(...)`."""
+    (by default every column after the first); `rule` draws dashes under the header; `header=False`
+    leaves the header line out (a list aligned as a table). Cells never wrap; add rows later with
+    `.add_row(...)`."""
     from rich.table import Table
 
     right = set(range(1, len(columns)) if right is None else right)
-    t = Table(box=_rule_box() if rule else None, show_edge=False, pad_edge=False, padding=(0, GAP - 1, 0, 0),
-              show_header=True, header_style=None, expand=False, highlight=False)
+    t = Table(box=_rule_box() if rule and header else None, show_edge=False, pad_edge=False, padding=(0, GAP - 1, 0, 0),
+              show_header=header, header_style=None, expand=False, highlight=False)
     for i, name in enumerate(columns):
         t.add_column(name, justify="right" if i in right else "left", no_wrap=True, overflow="ignore")
     for r in rows:
@@ -79,17 +81,17 @@ def _plain_console(file):
                    soft_wrap=False)
 
 
-def render(renderable) -> str:
-    """The plain text of a rich renderable (a `table(...)`): no ANSI codes, trailing spaces
-    stripped, no trailing newline."""
+def render(renderable, indent: str = "") -> str:
+    """The plain text of a rich renderable (a `table(...)`): no ANSI codes, each line after
+    `indent`, trailing spaces stripped, no trailing newline."""
     buf = io.StringIO()
     _plain_console(buf).print(renderable)
-    return "\n".join(ln.rstrip() for ln in buf.getvalue().rstrip("\n").split("\n"))
+    return "\n".join((indent + ln).rstrip() for ln in buf.getvalue().rstrip("\n").split("\n"))
 
 
-def render_table(columns: Sequence[str], rows: Iterable[Sequence[object]], **kw) -> str:
-    """`render(table(columns, rows, **kw))`: the table's lines, as one string."""
-    return render(table(columns, rows, **kw))
+def render_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, indent: str = "", **kw) -> str:
+    """`render(table(columns, rows, **kw), indent)`: the table's lines, as one string."""
+    return render(table(columns, rows, **kw), indent)
 
 
 # ---- the progress bar ----------------------------------------------------------------------------------
