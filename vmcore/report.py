@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-#: columns are this far apart (rich's cell padding on the right, plus the box's blank divider)
+#: columns are this far apart (rich's cell padding on the right, plus the rule box's blank divider)
 GAP = 2
 #: the width a table is laid out in: wider than any table we print, so no cell is wrapped or cut
 WIDTH = 100_000
@@ -64,10 +64,13 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[object]] = (), *, righ
     from rich.table import Table
 
     right = set(range(1, len(columns)) if right is None else right)
-    t = Table(box=_rule_box() if rule and header else None, show_edge=False, pad_edge=False, padding=(0, GAP - 1, 0, 0),
+    ruled = rule and header
+    # the rule's box draws a blank divider between columns; without a box the padding is the whole gap
+    t = Table(box=_rule_box() if ruled else None, show_edge=False, pad_edge=False,
+              padding=(0, GAP - 1 if ruled else GAP, 0, 0),
               show_header=header, header_style=None, expand=False, highlight=False)
     for i, name in enumerate(columns):
-        t.add_column(name, justify="right" if i in right else "left", no_wrap=True, overflow="ignore")
+        t.add_column(name, justify="right" if i in right else "left", no_wrap=True, overflow="fold")
     for r in rows:
         t.add_row(*("-" if c is None else str(c) for c in r))
     return t

@@ -98,6 +98,10 @@ def test_report_table_is_rich_and_plain():
     assert lines[0].split() == ["trace", "memory", "policy", "accesses", "misses", "miss", "ratio"]
     assert lines[1].split() == [long, "2M", "mach", "20000", "6780", "33.90%"]  # the path whole, one line
     assert lines[2].split()[:6] == ["x[bold]y", "8M", "lru", "-", "-", "-"]  # markup taken literally
+    # numbers right-aligned under their header, columns two spaces apart
+    assert lines[1].index("20000") + len("20000") == lines[0].index("accesses") + len("accesses")
+    assert lines[1].endswith("33.90%") and lines[0].endswith("miss ratio")
+    assert lines[0].startswith("trace" + " " * (len(long) - len("trace") + 2) + "memory")
     assert len(lines) == 3 and text.isascii() and not ANSI.search(text)
     assert all(ln == ln.rstrip() for ln in lines)
 
