@@ -24,6 +24,7 @@ import sys
 import time
 
 from swapd.profiles import AppProfileStore, AppProfileTreeError, ProfileNotFound, tree_of
+from vmcore.report import render_table
 from vmcore.workingset import ANON, ProfileFormatError, ProfileNameError, validate_app_name
 
 DEFAULT_VAR = "var"
@@ -162,25 +163,23 @@ def _list(store: AppProfileStore, args) -> int:
     if not infos:
         print(f"no profiles in {store.root}")
         return 0
-    print(f"{'APP':<20s} {'UID':>6s} {'PAGES':>8s} {'FILES':>5s} {'LAUNCH':>6s} {'SIZE':>7s} "
-          f"{'CREATED':<19s} IDENTITY")
+    rows = []
     for i in infos:
+        size = _fmt_size(i.size)
         if i.state == "quarantined":
-            print(f"{i.app:<20s} {i.uid:>6d} {'-':>8s} {'-':>5s} {'-':>6s} {_fmt_size(i.size):>7s} "
-                  f"{'-':<19s} QUARANTINED: {i.error} ({os.path.basename(i.path)})")
-            continue
-        if i.error and i.identity is None:
-            print(f"{i.app:<20s} {i.uid:>6d} {'-':>8s} {'-':>5s} {'-':>6s} {_fmt_size(i.size):>7s} "
-                  f"{'-':<19s} DAMAGED: {i.error}")
-            continue
-        if i.error:  # the header reads, the rest does not
-            print(f"{i.app:<20s} {i.uid:>6d} {i.pages:>8d} {i.files:>5d} {i.launches:>6d} "
-                  f"{_fmt_size(i.size):>7s} {_fmt_time(i.created_ns):<19s} DAMAGED: {i.error}")
-            continue
-        ident = i.identity
-        print(f"{i.app:<20s} {i.uid:>6d} {i.pages:>8d} {i.files:>5d} {i.launches:>6d} "
-              f"{_fmt_size(i.size):>7s} {_fmt_time(i.created_ns):<19s} {ident.path} "
-              f"ino={ident.inode} mtime_ns={ident.mtime_ns}")
+            rows.append((i.app, i.uid, "-", "-", "-", size, "-",
+                         f"QUARANTINED: {i.error} ({os.path.basename(i.path)})"))
+        elif i.error and i.identity is None:
+            rows.append((i.app, i.uid, "-", "-", "-", size, "-", f"DAMAGED: {i.error}"))
+        elif i.error:  # the header reads, the rest does not
+            rows.append((i.app, i.uid, i.pages, i.files, i.launches, size, _fmt_time(i.created_ns),
+                         f"DAMAGED: {i.error}"))
+        else:
+            ident = i.identity
+            rows.append((i.app, i.uid, i.pages, i.files, i.launches, size, _fmt_time(i.created_ns),
+                         f"{ident.path} ino={ident.inode} mtime_ns={ident.mtime_ns}"))
+    print(render_table(("APP", "UID", "PAGES", "FILES", "LAUNCH", "SIZE", "CREATED", "IDENTITY"), rows,
+                       right=range(1, 6)))
     return 0
 
 
@@ -217,18 +216,17 @@ def _show(store: AppProfileStore, args) -> int:
           f"{prof.nanon_pages} anonymous)")
     if counts or prof.nanon_pages:
         print("pages per file:")
-        w = max([len(p) for p in counts] + [len("(anonymous)")])
-        for p in sorted(counts):
-            print(f"  {p:<{w}s} {counts[p]:>8d}")
+        per_file = [(p, counts[p]) for p in sorted(counts)]
         if prof.nanon_pages:
-            print(f"  {'(anonymous)':<{w}s} {prof.nanon_pages:>8d}")
+            per_file.append(("(anonymous)", prof.nanon_pages))
+        print(render_table(("FILE", "PAGES"), per_file, header=False, indent="  "))
     n = min(args.entries, prof.npages)
     if n:
         print(f"first {n} of {prof.npages} entries (first-touch order):")
-        print(f"  {'ORDER':>7s} {'T+ms':>10s} {'COUNT':>5s} {'PAGE':>12s}  FILE")
-        for k, (t, f, page, c) in enumerate(prof.timeline(n)):
-            where = f if f is not None else f"(anonymous, address {page * prof.page_size:#x})"
-            print(f"  {k:>7d} {t / 1e6:>10.3f} {c:>5d} {page:>12d}  {where}")
+        timeline = [(k, f"{t / 1e6:.3f}", c, page,
+                     f if f is not None else f"(anonymous, address {page * prof.page_size:#x})")
+                    for k, (t, f, page, c) in enumerate(prof.timeline(n))]
+        print(render_table(("ORDER", "T+ms", "COUNT", "PAGE", "FILE"), timeline, right=range(0, 4), indent="  "))
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 
 from swapd.errors import SwapDirError
 from swapd.pool import LOCK_NAME, STATUS_NAME, SWAPFILE_RE, _human
+from vmcore.report import render_table
 
 
 def lock_holder(directory: str) -> int | None:
@@ -147,10 +148,9 @@ def format_status(st: dict) -> str:
         if not files:
             lines.append("no swap files")
         else:
-            lines.append(f"{'FILE':<12} {'SIZE':>10} {'ALLOCATED':>10} MODE")
-            for f in files:
-                lines.append(f"{f['name']:<12} {_human(f['size']):>10} "
-                             f"{_human(f['allocated']):>10} {f['mode']}")
+            lines.append(render_table(("FILE", "SIZE", "ALLOCATED", "MODE"),
+                                      [(f["name"], _human(f["size"]), _human(f["allocated"]), f["mode"])
+                                       for f in files], right=(1, 2)))
         return "\n".join(lines)
     lines.append(
         f"page {st['page_size']} B, cluster {st['cluster_pages']} pages "
@@ -158,12 +158,11 @@ def format_status(st: dict) -> str:
         f"{_human(st['hi_water'])}; lo-water "
         f"{_human(st['lo_water']) if st['lo_water'] is not None else 'none (one file)'} "
         f"for {st['lo_checks']} checks ({st['lo_count']} so far); status {st['age_s']:.1f} s old")
-    lines.append(f"{'FILE':<12} {'SIZE':>10} {'ALLOCATED':>10} {'CLUSTERS':>9} {'USED':>7} "
-                 f"{'FREE':>7} {'SLOTS USED':>10} {'SLOTS FREE':>10}  STATE")
-    for f in files + [dict(name="total", state="", **st["total"])]:
-        lines.append(f"{f['name']:<12} {_human(f['size']):>10} {_human(f['allocated']):>10} "
-                     f"{f['clusters']:>9} {f['used_clusters']:>7} {f['free_clusters']:>7} "
-                     f"{f['used_slots']:>10} {f['free_slots']:>10}  {f['state']}")
+    lines.append(render_table(
+        ("FILE", "SIZE", "ALLOCATED", "CLUSTERS", "USED", "FREE", "SLOTS USED", "SLOTS FREE", "STATE"),
+        [(f["name"], _human(f["size"]), _human(f["allocated"]), f["clusters"], f["used_clusters"],
+          f["free_clusters"], f["used_slots"], f["free_slots"], f["state"])
+         for f in files + [dict(name="total", state="", **st["total"])]], right=range(1, 8)))
     lines.append(f"files added {st['files_added']}, removed {st['files_removed']}, swapoffs "
                  f"refused {st['swapoffs_refused']}, clusters moved {st['clusters_moved']}; "
                  f"{st['objects']} objects")

@@ -22,7 +22,7 @@ WIRING = {"vmcore.lab", "vmcore.cli", "vmcore.__main__"}
 WIRING_PREFIXES = ("vmcore.experiment", "vmcore.lab_")
 # what vnodefs / swapd may use of vmcore
 VMCORE_PUBLIC = {"vmcore", "vmcore.pager", "vmcore.errors", "vmcore.testing", "vmcore.clock",
-                 "vmcore.workingset", "vmcore.stats", "vmcore.types", "vmcore.profile"}
+                 "vmcore.workingset", "vmcore.stats", "vmcore.types", "vmcore.profile", "vmcore.report"}
 BACKING = {"fuse", "mfusepy", "fusepy"}
 # the allowed back edges between the two backing-store packages, each named
 ALLOWED_CROSS = {"swapd.profiles"}

@@ -19,8 +19,8 @@ one JSON object with the vm_stat counters plus `accesses`, `misses` (zero fills 
 Exit status: 0 success; 2 bad input (unknown policy, bad size, memory below the kernel's reserve,
 missing or malformed trace: one line on stderr naming what was wrong, no traceback); 1 a VM error
 during the replay (e.g. KERN_RESOURCE_SHORTAGE); 130 interrupted.
-Caveats: the progress bar goes to stderr, at most 5 updates a second, only when stderr is a TTY
-unless --progress.
+Caveats: the progress bar (rich, through vmcore.report) goes to stderr, at most 5 updates a second,
+only when stderr is a TTY unless --progress.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sys
 import time
 
 from vmcore.errors import InvalidArgument, VMError
+from vmcore.report import ProgressBar
 
 PROG = "vmcore"
 
@@ -58,40 +59,14 @@ def _kernel_class():
 
 # ---- progress -----------------------------------------------------------------------------------------
 
-#: the bar's layout (tqdm's bar_format): `label  42.0% [##########..............] 420k/1.00M
-#: accesses 1.2Maccesses/s ETA 00:03`
-BAR_FORMAT = "{desc} {percentage:5.1f}% [{bar:24}] {n_fmt}/{total_fmt} {unit} {rate_fmt} ETA {remaining}"
-
-
-class Progress:
-    """A one-line progress bar on stderr (tqdm): `label  42.0% [##########......] 420k/1.00M
-    accesses 1.2Maccesses/s ETA 00:03`. Called as `bar(done, total)`; draws on the first call,
-    then at most every `interval` seconds, and the final state on close(); does nothing when
-    disabled."""
+class Progress(ProgressBar):
+    """The replay's progress bar on stderr (vmcore.report's rich bar): `label  42.0%
+    [##########......] 420k/1.00M accesses 1.20Maccesses/s ETA 0:00:03`. Called as
+    `bar(done, total)`; draws on the first call, then at most every `interval` seconds, and the
+    final state on close(); does nothing when disabled."""
 
     def __init__(self, label: str, enabled: bool, stream=None, interval: float = 0.2, unit: str = "accesses"):
-        self.label, self.enabled, self.interval, self.unit = label, enabled, interval, unit
-        self.stream = stream if stream is not None else sys.stderr
-        self._bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            # drawn at once (0 so far: the rate and ETA count from here), then throttled
-            self._bar = tqdm(total=total, file=self.stream, desc=self.label, unit=self.unit, unit_scale=True,
-                             mininterval=self.interval, maxinterval=max(10.0, self.interval), miniters=1,
-                             smoothing=0, ascii=".#", bar_format=BAR_FORMAT, dynamic_ncols=False)
-        if total != self._bar.total:
-            self._bar.total = total
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()  # draws the final state and ends the line
-            self._bar = None
+        super().__init__(label, enabled, stream=stream, interval=interval, unit=unit)
 
 
 def _si(x: float) -> str:

@@ -166,7 +166,7 @@ def _ratio(a, b):
 
 class Progress:
     """One line per run on stderr: `[#####...............]  5/20 sqlite seeded 2/3: ...` (the bar
-    drawn by tqdm's formatter, as vmcore replay's)."""
+    is vmcore.report's, the one vmcore replay's rich bar draws)."""
 
     def __init__(self, total: int, stream=None, quiet: bool = False):
         self.total, self.done, self.t0 = max(total, 1), 0, time.monotonic()
@@ -180,12 +180,11 @@ class Progress:
             self.stream.flush()
 
     def run_done(self, text: str) -> None:
-        from tqdm import tqdm
+        from vmcore.report import bar_text
 
         self.done += 1
-        bar = tqdm.format_meter(min(self.done, self.total), self.total, time.monotonic() - self.t0, ascii=".#",
-                                bar_format="[{bar:20}] {n:>2}/{total}")
-        self.say(f"{bar} {text}")
+        done = min(self.done, self.total)
+        self.say(f"{bar_text(done, self.total, 20)} {done:>2}/{self.total} {text}")
 
 
 # ---- the experiment -----------------------------------------------------------------------------------
@@ -589,15 +588,12 @@ def format_table(report: dict) -> str:
             pfs = "/".join(_fmt(pf[k], "n") for k in PREFETCH_KEYS) if pf else "-"
             rows.append((name, mode, str(m["runs"]), _cell(m, "wall_s", "s"), _cell(m, "major_faults", "n"),
                          _cell(m, "requests", "n"), _cell(m, "bytes_read", "mib"), pfs))
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
+    from vmcore.report import render_table
+
     out = [f"Seeding experiment: device {cfg['latency']} (layout {cfg.get('layout', 'unknown')}), size "
            f"{cfg['size']}, seed {cfg['seed']}, cache {cfg['cache']}, prefetch {cfg['prefetch']} (median, min-max "
-           f"over runs; floor = the same launch on a mount with no device model)", line(head),
-           "  ".join("-" * w for w in widths)]
-    for r in rows:
-        out.append(line(r))
+           f"over runs; floor = the same launch on a mount with no device model)",
+           render_table(head, rows, right=range(2, len(head)), rule=True)]
     out.append("")
     out.append("cold / seeded (medians):")
     for name, s in summ.items():

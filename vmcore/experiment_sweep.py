@@ -476,31 +476,40 @@ def add_sweep_parser(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def format_rows(rows: list[dict]) -> str:
+    """The sweep's table, one line a cell: `trace memory policy accesses misses miss ratio` (a cell
+    that failed shows `-` for its numbers and `error: ...` after them). Drawn by vmcore.report; the
+    trace column is as wide as the longest path, so no path is cut."""
+    from vmcore.report import render_table
+    from vmcore.types import format_size
+
+    out = []
+    for r in rows:
+        name = r["trace"]
+        if r.get("error"):
+            out.append((name, format_size(r["memory"]), r["policy"], "-", "-", "-", f"error: {r['error']}"))
+        else:
+            out.append((name, format_size(r["memory"]), r["policy"], r["accesses"], r["misses"],
+                        f"{100 * r['miss_ratio']:.2f}%", ""))
+    return render_table(("trace", "memory", "policy", "accesses", "misses", "miss ratio", ""), out,
+                        right=(1, 3, 4, 5))
+
+
 class _Bar:
-    """`vmcore sweep  42% [#####.......] 20/48 cells, 1 failed, ETA 12s` on stderr."""
+    """`vmcore sweep  42.0% [#####.......] 20/48 cells, 1 failed 0.50cells/s ETA 0:00:12` on stderr
+    (vmcore.report's rich bar)."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0, self._last = total, enabled and total > 0, time.monotonic(), 0.0
+        from vmcore.report import ProgressBar
+
+        self.total, self.enabled = total, enabled and total > 0
+        self._bar = ProgressBar(PROG, self.enabled, unit="cells", scale=False)
 
     def __call__(self, done: int, failed: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if done < self.total and now - self._last < 0.2:
-            return
-        self._last = now
-        frac = done / self.total
-        el = now - self.t0
-        eta = el / done * (self.total - done) if done else 0.0
-        bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
-        sys.stderr.write(f"\r{PROG} {100 * frac:5.1f}% [{bar}] {done}/{self.total} cells"
-                         f"{f', {failed} failed' if failed else ''}, ETA {eta:4.0f}s ")
-        sys.stderr.flush()
+        self._bar(done, self.total, f", {failed} failed" if failed else "")
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self._bar.close()
 
 
 def _check_writable(path: str, what: str) -> None:
@@ -615,14 +624,5 @@ def cmd_sweep(args) -> int:
         print(f"{PROG}: {len(cells)} cells ({len(args.traces)} traces x {len(memories)} memory sizes x "
               f"{len(policies)} policies), {len(todo)} run on {where} in {wall:.1f} s"
               f"{f', {skipped} skipped' if skipped else ''}{f', {failed} FAILED' if failed else ''}")
-        print(f"{'trace':<32} {'memory':>10} {'policy':<6} {'accesses':>10} {'misses':>10} {'miss ratio':>10}")
-        from vmcore.types import format_size
-
-        for r in rows:
-            name = r["trace"] if len(r["trace"]) <= 32 else "..." + r["trace"][-29:]
-            if r.get("error"):
-                print(f"{name:<32} {format_size(r['memory']):>10} {r['policy']:<6} error: {r['error']}")
-            else:
-                print(f"{name:<32} {format_size(r['memory']):>10} {r['policy']:<6} {r['accesses']:>10} "
-                      f"{r['misses']:>10} {100 * r['miss_ratio']:>9.2f}%")
+        print(format_rows(rows))
     return 1 if failed else 0

@@ -331,7 +331,9 @@ def wired_report(kernel) -> dict:
 
 
 def format_wired_report(rep: dict) -> str:
-    out = [f"{'RESOURCE':<27s} {'COUNT':>7s} {'EACH':>12s} {'BYTES':>12s}"]
+    from vmcore.report import render_table
+
+    rows = []
     for ln in rep["resources"]:
         each = f"{ln['unit_bytes']:g} B"
         if "users" in ln:
@@ -339,8 +341,9 @@ def format_wired_report(rep: dict) -> str:
             name = f"libraries ({ln['users']} users)"
         else:
             name = ln["resource"]
-        out.append(f"{name:<27s} {ln['count']:>7d} {each:>12s} {ln['bytes']:>12,d}")
-    out.append(f"{'total':<27s} {'':>7s} {'':>12s} {rep['total_bytes']:>12,d}")
+        rows.append((name, ln["count"], each, f"{ln['bytes']:,d}"))
+    rows.append(("total", "", "", f"{rep['total_bytes']:,d}"))
+    out = [render_table(("RESOURCE", "COUNT", "EACH", "BYTES"), rows)]
     out.append(f"kernel resource pages: needed {rep['pages_needed']}, held {rep['pages_held']}, "
                f"awaiting lazy reclaim {rep['excess_pages']}, reclaimed so far "
                f"{rep['reclaimed_pages']} in {rep['collections']} collection(s)"

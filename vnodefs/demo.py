@@ -200,15 +200,18 @@ def _kib(n: float) -> str:
 
 
 def _table(results: dict, size_mib: float, note: str | None) -> str:
-    head = (f"{'phase':<11} {'cache':<6} {'requests':>8} {'MiB read':>9} {'mean KiB':>9} {'pages':>7} "
-            f"{'distinct':>8} {'seq %':>6} {'blocked s':>9} {'kernel req':>10}")
-    lines = [f"vnodefs demo: locality of {size_mib:g} MiB of data read three ways "
-             f"(one row per phase; requests = reads + writes that reached vnodefs)", head, "-" * len(head)]
+    from vmcore.report import render_table
+
+    rows = []
     for phase, s in results.items():
         kern = next((p["requests_all"] for p in s["by_pid"] if p["pid"] == 0), 0)
-        lines.append(f"{phase:<11} {s['cache_mode']:<6} {s['requests']:>8} {s['bytes_read'] / (1 << 20):>9.2f} "
-                     f"{_kib(s['mean_read_bytes']):>9} {s['pages_read']:>7} {s['distinct_pages_read']:>8} "
-                     f"{100 * s['sequential_fraction']:>6.1f} {s['time_blocked_s']:>9.3f} {kern:>10}")
+        rows.append((phase, s["cache_mode"], s["requests"], f"{s['bytes_read'] / (1 << 20):.2f}",
+                     _kib(s["mean_read_bytes"]), s["pages_read"], s["distinct_pages_read"],
+                     f"{100 * s['sequential_fraction']:.1f}", f"{s['time_blocked_s']:.3f}", kern))
+    lines = [f"vnodefs demo: locality of {size_mib:g} MiB of data read three ways "
+             f"(one row per phase; requests = reads + writes that reached vnodefs)",
+             render_table(("phase", "cache", "requests", "MiB read", "mean KiB", "pages", "distinct", "seq %",
+                           "blocked s", "kernel req"), rows, right=range(2, 10), rule=True)]
     lines.append("sequential: large requests that continue each other; random: one 4 KiB request per read, "
                  "none sequential;")
     lines.append("mmap: page-cache misses only (page mode), one request per touched page with MADV_RANDOM; "

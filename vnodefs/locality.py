@@ -68,6 +68,7 @@ import warnings
 
 import numpy as np
 
+from vmcore.report import render_table
 from vnodefs.devstats import DEVICE_OPS, device_breakdown, device_info, seek_distances_bytes
 from vnodefs.summary import _size, sequential_flags
 from vnodefs.trace import OPS, Trace, load
@@ -593,7 +594,7 @@ def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int
         L.append(f"  reuse         no page accessed twice; {rd['cold']} cold")
     # reuse-distance histogram beside the MRC at C = 2^k
     if n:
-        L.append(f"  {'stack distance':>16} {'accesses':>9}  {'':24}   {'LRU pages':>9} {'miss ratio':>10}")
+        hist = []
         bins = rd["bins"]
         cs = [1 << k for k in range(0, max(rep["footprint_pages"], 1).bit_length() + 1)]
         rows = max(len(bins), len(cs))
@@ -601,18 +602,20 @@ def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int
         grouped = [bins[i:i + step] for i in range(0, len(bins), step)]
         peak = max([sum(b["count"] for b in g) for g in grouped] or [1]) or 1
         for i in range(0, rows, step):
-            left = " " * 51
+            left = ("", "", "")
             if i < len(bins):
                 grp = bins[i:i + step]
                 cnt = sum(b["count"] for b in grp)
-                left = f"{_rng(grp[0]['lo'], grp[-1]['hi']):>16} {cnt:>9}  {_bar(cnt / peak):<24}"
-            right = ""
+                left = (_rng(grp[0]['lo'], grp[-1]['hi']), cnt, _bar(cnt / peak))
+            right = ("", "", "")
             if i < len(cs):
                 c = cs[min(i + step - 1, len(cs) - 1)] if step > 1 else cs[i]
                 mr = mrc_at(rep, c) / n
-                right = f" {c:>9} {100 * mr:>9.1f}% {_bar(mr, 16)}"
-            L.append(f"  {left} {right}")
-        L.append(f"  {'cold':>16} {rd['cold']:>9}  (cold misses; the MRC floor is {100 * rd['cold'] / n:.1f}%)")
+                right = (c, f"{100 * mr:.1f}%", _bar(mr, 16))
+            hist.append(left + right)
+        hist.append(("cold", rd["cold"], f"(cold misses; the MRC floor is {100 * rd['cold'] / n:.1f}%)", "", "", ""))
+        L.append(render_table(("stack distance", "accesses", "", "LRU pages", "miss ratio", ""), hist,
+                              right=(0, 1, 3, 4), indent="  "))
     sd = rep["seek_distance"]
     if sd["requests_with_predecessor"]:
         parts = _coarse_seeks(sd["bins"])
@@ -633,15 +636,14 @@ def format_report(rep: dict, by: str | None = None, max_rows: int = 12, top: int
             continue
         k = len(rows) if by == key else top
         if by == key or len(rows) > 0:
-            L.append(f"  by {key}: {'label' if key == 'pid' else 'path':<24} {'requests':>8} {'pages':>8} "
-                     f"{'footprint':>9} {'seq':>6} {'med.reuse':>9}")
-        for r in rows[:k]:
-            name = r["label"] if key == "pid" else r["path"]
-            if len(name) > 24:
-                name = "..." + name[-21:]
-            mr = r["median_reuse_distance"]
-            L.append(f"         {name:<24} {r['requests']:>8} {r['page_accesses']:>8} {r['footprint_pages']:>9} "
-                     f"{100 * r['sequential_fraction']:>5.1f}% {('-' if mr is None else f'{mr:.0f}'):>9}")
+            table = []
+            for r in rows[:k]:
+                mr = r["median_reuse_distance"]
+                table.append(("", r["label"] if key == "pid" else r["path"], r["requests"], r["page_accesses"],
+                              r["footprint_pages"], f"{100 * r['sequential_fraction']:.1f}%",
+                              "-" if mr is None else f"{mr:.0f}"))
+            L.append(render_table((f"by {key}:", "label" if key == "pid" else "path", "requests", "pages",
+                                   "footprint", "seq", "med.reuse"), table, right=range(2, 7), indent="  "))
         if len(rows) > k:
             L.append(f"         ... and {len(rows) - k} more (--by {key} lists all)")
     return "\n".join(L)

@@ -552,13 +552,16 @@ def format_stream_report(rep: dict) -> str:
         L.append(f"  reuse         {est}{rd['reuses']} re-accesses, stack distance median {est}{rd['median']:.0f}, "
                  f"max {est}{rd['max']} pages; {est}{rd['cold']} cold")
     if n:
-        L.append(f"  {'LRU pages':>12} {'miss ratio':>10}")
+        from vmcore.report import render_table
+
         fp = max(rep["footprint_pages"], 1)
+        curve = []
         for k in range(0, fp.bit_length() + 1):
             c = 1 << k
             mr = float(mrc_value(rep, [c])[0])
-            L.append(f"  {c:>12} {100 * mr:>9.1f}% {_bar(mr, 32)}")
-        L.append(f"  {'cold':>12} {100 * rd['cold'] / n:>9.1f}% (the MRC floor)")
+            curve.append((c, f"{100 * mr:.1f}%", _bar(mr, 32)))
+        curve.append(("cold", f"{100 * rd['cold'] / n:.1f}%", "(the MRC floor)"))
+        L.append(render_table(("LRU pages", "miss ratio", ""), curve, right=(0, 1), indent="  "))
     L.append("  (runs, seeks, working set and breakdowns: run without --sample / --sample-size / --stream)")
     return "\n".join(L)
 
