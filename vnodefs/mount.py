@@ -595,6 +595,8 @@ def serve(config: dict, ready=None) -> int:
                 time.sleep(0.005)
             else:
                 return
+            while not ops.negotiated and not stop.is_set():  # the mount shows before libfuse's INIT ran
+                time.sleep(0.002)
             before, now = _bdi_readahead(m[1])
             header.update(bdi=m[1], readahead_kb=now, readahead_kb_default=before, negotiated=ops.negotiated)
             if fsconf.writeback_cache and not ops.negotiated.get("want", 0) & FUSE_CAP_WRITEBACK_CACHE:
