@@ -59,14 +59,9 @@ def _kernel_class():
 
 # ---- progress -----------------------------------------------------------------------------------------
 
-class Progress(ProgressBar):
-    """The replay's progress bar on stderr (vmcore.report's rich bar): `label  42.0%
-    [##########......] 420k/1.00M accesses 1.20Maccesses/s ETA 0:00:03`. Called as
-    `bar(done, total)`; draws on the first call, then at most every `interval` seconds, and the
-    final state on close(); does nothing when disabled."""
-
-    def __init__(self, label: str, enabled: bool, stream=None, interval: float = 0.2, unit: str = "accesses"):
-        super().__init__(label, enabled, stream=stream, interval=interval, unit=unit)
+#: the replay's progress bar on stderr: vmcore.report's rich bar, `label  42.0% [##########......]
+#: 420k/1.00M accesses 1.20Maccesses/s ETA 0:00:03`
+Progress = ProgressBar
 
 
 def _si(x: float) -> str:

@@ -536,7 +536,10 @@ class Passthrough(mfusepy.Operations):
 
     def utimens(self, path, times=None, fh=None):
         if fh is not None:
-            os.utime(fh.fh, ns=times) if times is not None else os.utime(fh.fh)
+            if times is None:
+                os.utime(fh.fh)
+            else:
+                os.utime(fh.fh, ns=times)
             self.links.wrote(fh.fh)
             return 0
         if times is None:
@@ -926,8 +929,7 @@ class VnodeFUSE(mfusepy.FUSE):
 
     # -- operations mfusepy declares but does not wrap ------------------------------------------
     def lseek(self, path, offset, whence, fip):
-        return self.operations.lseek(None if path is None else path.decode(self.encoding, self.errors), offset,
-                                     whence, fip.contents)
+        return self.operations.lseek(self._path(path), offset, whence, fip.contents)
 
     def copy_file_range(self, path_in, fip_in, off_in, path_out, fip_out, off_out, length, flags):
         """A copy done by the host between two open files: traced as a read of the source range
@@ -981,29 +983,24 @@ class VnodeFUSE(mfusepy.FUSE):
                                       new.decode(self.encoding, self.errors), flags)
 
     def truncate_fuse_3(self, path, length, fip):
-        fh = fip.contents if fip else None
-        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors),
-                                        length, fh)
+        return self.operations.truncate(self._path(path), length, fip.contents if fip else None)
 
     def chmod_fuse_3(self, path, mode, fip):
-        return self.operations.chmod(self._path(path, fip), mode, fip.contents if fip else None)
+        return self.operations.chmod(self._path(path), mode, fip.contents if fip else None)
 
     def chown_fuse_3(self, path, uid, gid, fip):
-        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid  # (uid_t)-1 / (gid_t)-1: leave as is
-        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
-        return self.operations.chown(self._path(path, fip), uid, gid, fip.contents if fip else None)
+        uid = -1 if mfusepy.c_uid_t(uid + 1).value == 0 else uid  # (uid_t)-1 / (gid_t)-1: leave as is
+        gid = -1 if mfusepy.c_gid_t(gid + 1).value == 0 else gid
+        return self.operations.chown(self._path(path), uid, gid, fip.contents if fip else None)
 
-    def _path(self, path, fip):
-        """The decoded path of a request; ESTALE for a file that lost its last name and came
-        without a handle (see Passthrough._do)."""
-        if path is None:
-            if fip:
-                return None
-            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-        return path.decode(self.encoding, self.errors)
+    def _path(self, path):
+        """The decoded path of a request, or None where libfuse named none (a request with a
+        handle, served through it, or a file that lost its last name: Passthrough._do answers
+        ESTALE)."""
+        return None if path is None else path.decode(self.encoding, self.errors)
 
     def utimens_fuse_3(self, path, buf, fip):
-        p = self._path(path, fip)
+        p = self._path(path)
         fh = fip.contents if fip else None
         if not buf:
             return self.operations.utimens(p, None, fh)

@@ -523,7 +523,7 @@ def serve(config: dict, ready=None) -> int:
                       xattr=bool(config.get("xattr")), latency=spec,
                       metadata_timeout=0.0 if config.get("strict_metadata") else
                       METADATA_TIMEOUT if config.get("metadata_timeout") is None else float(config["metadata_timeout"]),
-                      writeback_cache=bool(config.get("writeback_cache")) and config["cache"] == "page")
+                      writeback_cache=bool(config.get("writeback_cache")))
     _keep_request_buffers()
     try:
         writer = TraceWriter(config.get("trace"))
