@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmcore.experiment_sweep import Cell, cells_for, read_results, run_cell, sweep
+from vmcore.experiment_sweep import CHUNK_MAX, Cell, _chunks, cells_for, read_results, run_cell, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -83,6 +83,20 @@ def test_cells_equal_vmcore_replay_json(traces, capsys):
                         "--json"], capture_output=True, text=True, timeout=60, env=ENV)
     assert p.returncode == 0, p.stderr
     assert run_cell(Cell(traces[1], 2 << 20, "clock"))["misses"] == json.loads(p.stdout)["misses"]
+
+
+@pytest.mark.parametrize("n,slots", [(0, 2), (1, 2), (5, 2), (48, 2), (48, 0), (1000, 8), (7, 1)])
+def test_dask_tasks_take_every_cell_once_in_order_and_end_in_single_cells(n, slots):
+    cells = list(range(n))
+    chunks = _chunks(cells, slots)
+    assert [c for ch in chunks for c in ch] == cells
+    assert all(1 <= len(ch) <= CHUNK_MAX for ch in chunks)
+    assert [len(ch) for ch in chunks] == sorted((len(ch) for ch in chunks), reverse=True)
+    # the tail: the last 2 x slots cells (at least) run one to a task
+    tail = min(n, 2 * max(1, slots))
+    assert all(len(ch) == 1 for ch in chunks[len(chunks) - tail:])
+    if n == 48 and slots == 2:
+        assert len(chunks) == 18
 
 
 def test_local_pool_gives_the_serial_numbers(serial):
