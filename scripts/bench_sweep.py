@@ -78,10 +78,6 @@ def startup() -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def med(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def counters(rep: dict) -> dict:
     return {(r["trace"], r["memory"], r["policy"]): {k: v for k, v in r.items() if k != "wall_s"}
             for r in rep["cells"]}
@@ -140,18 +136,18 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ncells = len(ref)
-    t1 = med(walls["--jobs 1"])
-    t2 = med(walls["--jobs 2"])
+    t1 = statistics.median(walls["--jobs 1"])
+    t2 = statistics.median(walls["--jobs 2"])
     print(f"{ncells}-cell sweep (3 traces x 4 memory sizes x 4 policies, {a.length} accesses per trace), "
           f"{os.cpu_count()} cores, median of {a.repeat} rounds, load average {load0:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{'run':<30} {'wall s':>7} {'range':>13} {'vs --jobs 1':>12} {'vs --jobs 2':>12} {'cells s':>8}")
     for label, ws in walls.items():
-        w = med(ws)
+        w = statistics.median(ws)
         print(f"{label:<30} {w:>7.2f} {f'{min(ws):.2f}-{max(ws):.2f}':>13} {t1 / w:>11.2f}x {t2 / w:>11.2f}x "
-              f"{med(cell_s[label]):>8.2f}")
-    imp, st, cl = (med([x[k] for x in starts]) for k in ("import", "start", "close"))
-    dask_wall = med(walls["--scheduler local --jobs 2"])
+              f"{statistics.median(cell_s[label]):>8.2f}")
+    imp, st, cl = (statistics.median([x[k] for x in starts]) for k in ("import", "start", "close"))
+    dask_wall = statistics.median(walls["--scheduler local --jobs 2"])
     print(f"Dask start-up, timed apart: import distributed {imp:.2f} s, LocalCluster of 2 workers {st:.2f} s, "
           f"close {cl:.2f} s; --scheduler local less these: {dask_wall - imp - st - cl:.2f} s "
           f"({t2 / (dask_wall - imp - st - cl):.2f}x vs --jobs 2, an estimate)")
